@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set up the environment first
+# (a virtual environment in .venv with `pip install -e ".[dev]"`), and reuse it on later runs.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sevdino-installed
+PYTHON ?= python3
+
+.PHONY: install demo test test-nbs test-py test-slow docs-check export clean
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sevdino demo
+
+# Notebook tests first (their cells are the library's inline tests), then pytest, whose closing
+# line ends the run.
+test: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/python -m pytest -q tests
+
+# Cells marked `#| slow` (real weights, real training) run only here.
+test-slow: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 1 --timing --flags slow
+
+export: $(STAMP)
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+clean:
+	rm -rf _proc _docs .pytest_cache
