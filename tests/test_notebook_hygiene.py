@@ -1,0 +1,111 @@
+"""`sevdino/` is a fresh export of `nbs/`, and every notebook is clean (what `nbdev_clean` writes).
+
+The checkers live in `hygiene.py`; the last tests prove that they catch what they are for by
+breaking a small temporary project in each way and asserting the report names the broken file.
+"""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import hygiene
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sevdino_matches_a_fresh_export_of_the_notebooks():
+    problems = hygiene.export_problems(REPO)
+    assert not problems, hygiene.report(problems, 'sevdino/ is out of step with nbs/')
+
+
+def test_every_notebook_is_clean():
+    problems = hygiene.clean_problems(REPO)
+    assert not problems, hygiene.report(problems, 'notebooks that nbdev_clean would change')
+
+
+# --- the checkers can fail ------------------------------------------------------------------------
+
+def _tiny_notebook():
+    "A two-function notebook exporting `sevdino.tiny`."
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell('# Tiny\n\n> A notebook for the hygiene checks'),
+        nbformat.v4.new_code_cell('#| default_exp tiny'),
+        nbformat.v4.new_code_cell('#| export\ndef double(x):\n    "Twice `x`."\n    return 2 * x'),
+        nbformat.v4.new_code_cell('assert double(2) == 4'),
+        nbformat.v4.new_code_cell('#| export\ndef halve(x):\n    "Half of `x`."\n    return x / 2'),
+    ]
+    return nb
+
+
+@pytest.fixture(scope='module')
+def tiny_template(tmp_path_factory):
+    "A consistent nbdev project (the repo's settings.ini, one notebook), exported and cleaned."
+    root = tmp_path_factory.mktemp('tiny')
+    shutil.copy2(REPO / 'settings.ini', root / 'settings.ini')
+    (root / 'nbs').mkdir()
+    nbformat.write(_tiny_notebook(), root / 'nbs' / '00_tiny.ipynb')
+    for cmd in ('nbdev_export', 'nbdev_clean'):
+        subprocess.run([hygiene.nbdev_command(cmd)], cwd=root, env=hygiene._env(), check=True, capture_output=True)
+    assert (root / 'sevdino' / 'tiny.py').exists()
+    assert hygiene.export_problems(root) == [], 'the fixture itself should be in step'
+    assert hygiene.clean_problems(root) == [], 'the fixture itself should be clean'
+    return root
+
+
+@pytest.fixture
+def tiny_project(tiny_template, tmp_path):
+    "A fresh copy of the consistent tiny project, for one test to break."
+    return Path(shutil.copytree(tiny_template, tmp_path / 'tiny'))
+
+
+def _edit_notebook(path, change):
+    nb = json.loads(path.read_text(encoding='utf-8'))
+    change(nb)
+    path.write_text(json.dumps(nb, indent=1), encoding='utf-8')
+
+
+def test_export_check_catches_a_hand_edited_module(tiny_project):
+    py = tiny_project / 'sevdino' / 'tiny.py'
+    py.write_text(py.read_text().replace('return 2 * x', 'return 3 * x'))
+    problems = hygiene.export_problems(tiny_project)
+    assert len(problems) == 1 and problems[0].startswith('sevdino/tiny.py: differs'), problems
+    assert 'nbdev_export && nbdev_clean' in problems[0]
+
+
+def test_export_check_catches_a_module_no_notebook_produces(tiny_project):
+    (tiny_project / 'sevdino' / 'orphan.py').write_text('x = 1\n')
+    problems = hygiene.export_problems(tiny_project)
+    assert any(p.startswith('sevdino/orphan.py: no notebook produces it') for p in problems), problems
+
+
+def test_export_check_catches_a_deleted_exported_cell(tiny_project):
+    def drop_halve(nb): nb['cells'] = [c for c in nb['cells'] if 'def halve' not in ''.join(c['source'])]
+    _edit_notebook(tiny_project / 'nbs' / '00_tiny.ipynb', drop_halve)
+    names = [p.split(':')[0] for p in hygiene.export_problems(tiny_project)]
+    assert names == ['sevdino/_modidx.py', 'sevdino/tiny.py'], names
+
+
+def test_export_check_catches_a_missing_module(tiny_project):
+    (tiny_project / 'sevdino' / 'tiny.py').unlink()
+    problems = hygiene.export_problems(tiny_project)
+    assert any(p.startswith('sevdino/tiny.py: missing') for p in problems), problems
+
+
+@pytest.mark.parametrize('dirt', ['execution_count', 'cell_metadata', 'notebook_metadata'])
+def test_clean_check_catches_a_dirty_notebook(tiny_project, dirt):
+    def make_dirty(nb):
+        code = [c for c in nb['cells'] if c['cell_type'] == 'code'][1]
+        if dirt == 'execution_count': code['execution_count'] = 7
+        elif dirt == 'cell_metadata': code['metadata'] = {'scrolled': True, 'tags': []}
+        else: nb['metadata']['language_info'] = {'name': 'python', 'version': '3.11.2'}
+    nb_path = tiny_project / 'nbs' / '00_tiny.ipynb'
+    _edit_notebook(nb_path, make_dirty)
+    assert hygiene.export_problems(tiny_project) == []  # the export does not care; the clean check must
+    problems = hygiene.clean_problems(tiny_project)
+    assert len(problems) == 1 and problems[0].startswith('nbs/00_tiny.ipynb: not clean'), problems
+    assert 'nbdev_clean --fname nbs/00_tiny.ipynb' in problems[0]
