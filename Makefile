@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sevdino-installed
 PYTHON ?= python3
 
-.PHONY: install demo test test-nbs test-py test-slow docs-check export clean
+.PHONY: install demo test test-slow docs-check export clean
 
 install: $(STAMP)
 
@@ -28,8 +28,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 1 --timing --flags slow
 
+# Before committing a notebook change: export the library, clean the notebooks, refresh the
+# README (from nbs/index.ipynb) and the docs sidebar.
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+	$(BIN)/python tools/sync_readme.py
+	$(BIN)/python tools/sync_sidebar.py
+
+# The docs check that runs without Quarto (nbdev_proc_nbs, HTML, a Chromium screenshot).
+docs-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_docs.py
 
 clean:
 	rm -rf _proc _docs .pytest_cache

@@ -6,24 +6,24 @@
 __all__ = ['DEMO_STEPS', 'DEMO_IMAGE_SIZE', 'demo_config', 'cmd_demo', 'build_parser', 'cmd_make_dataset', 'config_from_args',
            'cmd_train', 'cmd_evaluate', 'cmd_predict', 'main']
 
-# %% ../nbs/12_cli.ipynb #bb56689e
+# %% ../nbs/12_cli.ipynb #725ec97a
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-# %% ../nbs/12_cli.ipynb #7da994e9
+# %% ../nbs/12_cli.ipynb #9a82b53d
 import torch
 
-# %% ../nbs/12_cli.ipynb #82d40349
+# %% ../nbs/12_cli.ipynb #62a84577
 from .data import ImageError, read_image, resize_image
 from .encoder import WeightsError
 from .synthetic import BUILTIN_DATASETS, make_dataset
 from .train import ConfigError, TrainConfig, TrainingError, fit, load_run
 from .evaluate import evaluate_run, write_demo_report
 
-# %% ../nbs/12_cli.ipynb #5e6b9086
+# %% ../nbs/12_cli.ipynb #dfcbb5c5
 DEMO_STEPS = 300
 DEMO_IMAGE_SIZE = (84, 252)  # hdmap maps are about 31 x 95: keep the aspect, 6 x 18 tokens
 
@@ -34,6 +34,7 @@ def demo_config(data, out, model='severity-dinomaly', steps=DEMO_STEPS) -> Train
                        head_input='both', aug_ratio=0.5, warmup_steps=min(100, steps // 10), checkpoint_every=50).validate()
 
 def cmd_demo(args):
+    "`sevdino demo`: built-in hdmap-sim data, SeverityDinomaly and plain Dinomaly trained on domain A, evaluated on A-D, one report."
     start = time.time()
     out, data = Path(args.out), Path(args.data)
     if not (data / 'severity.csv').exists():
@@ -52,7 +53,7 @@ def cmd_demo(args):
     report = write_demo_report(out, runs, results, wall_time=time.time() - start)
     print(report.read_text())
 
-# %% ../nbs/12_cli.ipynb #79eeaf93
+# %% ../nbs/12_cli.ipynb #d6096532
 def _size(text):
     parts = [int(p) for p in text.lower().replace('x', ',').split(',')]
     if len(parts) == 1: parts *= 2
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument('--out', help='CSV file (default: print a table)')
     return parser
 
-# %% ../nbs/12_cli.ipynb #5c20f9e8
+# %% ../nbs/12_cli.ipynb #1de86267
 def cmd_make_dataset(args):
+    "`sevdino make-dataset NAME --out DIR`: write a built-in dataset."
     start = time.time()
     root = make_dataset(args.name, args.out, seed=args.seed)
     print(f'{args.name}: written to {root} in {time.time() - start:.1f} s')
@@ -127,15 +129,18 @@ def config_from_args(args) -> TrainConfig:
                        checkpoint_every=args.checkpoint_every).validate()
 
 def cmd_train(args):
+    "`sevdino train`: train a model into a run folder (or resume it)."
     start = time.time()
     run = fit(config_from_args(args), resume=args.resume, progress=not args.quiet)
     print(f'trained {run} in {time.time() - start:.0f} s')
 
 def cmd_evaluate(args):
+    "`sevdino evaluate`: metrics, predictions, figures and report of a run on a dataset."
     metrics = evaluate_run(args.run, args.data, domain=args.domain, out=args.out, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
 
 def cmd_predict(args):
+    "`sevdino predict`: anomaly score and severity of image files, as CSV."
     model, config = load_run(args.run)
     rows = []
     for path in args.images:
@@ -147,7 +152,7 @@ def cmd_predict(args):
     if args.out: Path(args.out).write_text('\n'.join(lines) + '\n'); print(f'wrote {args.out}')
     else: print('\n'.join(lines))
 
-# %% ../nbs/12_cli.ipynb #00de4d3a
+# %% ../nbs/12_cli.ipynb #a6d3ee65
 def main(argv=None) -> int:
     "Entry point of the `sevdino` console script; returns the exit code."
     args = build_parser().parse_args(argv)

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['GRAD_CLIP_NORM', 'LinearAttention', 'DecoderBlock', 'NoisyBottleneck', 'init_dinomaly_weights', 'DinomalyFeatures',
-           'gaussian_kernel', 'hard_mining_p', 'patch_method', 'Dinomaly', 'cosine_reconstruction_loss', 'StableAdamW',
-           'dinomaly_optimizer', 'warmup_cosine', 'warmup_cosine_scheduler']
+           'Prediction', 'gaussian_kernel', 'hard_mining_p', 'patch_method', 'Dinomaly', 'cosine_reconstruction_loss',
+           'StableAdamW', 'dinomaly_optimizer', 'warmup_cosine', 'warmup_cosine_scheduler']
 
 # %% ../nbs/04_dinomaly.ipynb #2153de01
 import math
@@ -93,6 +93,13 @@ class DinomalyFeatures:
     taps: list = None
     bottleneck_input: torch.Tensor = None
     decoder_outputs: list = None
+
+@dataclass
+class Prediction:
+    "What inference returns per image: the anomaly map (B,1,H,W) at input resolution, the image score (B,) and, for models with a severity head, the severity (B,) (None otherwise)."
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+    severity: torch.Tensor = None
 
 # %% ../nbs/04_dinomaly.ipynb #948f6518
 def gaussian_kernel(size=5, sigma=4.0):
@@ -290,15 +297,19 @@ def image_score(self, anomaly_map):
     return flat.topk(k, dim=1).values.mean(1)
 
 @patch_method(Dinomaly)
+def prediction_from_features(self, features, out_size):
+    "`Prediction` (map Gaussian-smoothed at `out_size`, not normalised; score from the raw map) from features already computed."
+    raw, _ = self.anomaly_maps(features, out_size)
+    return Prediction(anomaly_map=self.smooth(raw).float(), score=self.image_score(raw).float())
+
+@patch_method(Dinomaly)
 def predict(self, images):
-    "Eval mode, no gradient: `dict(anomaly_map=(B,1,H,W) at input resolution, Gaussian-smoothed, not normalised; score=(B,))`."
+    "Eval mode, no gradient: a `Prediction` with `anomaly_map` (B,1,H,W) at input resolution, Gaussian-smoothed, not normalised per image, and `score` (B,)."
     was_training = self.training
     self.eval()
     try:
         with torch.no_grad():
-            features = self.forward_features(images)
-            raw, _ = self.anomaly_maps(features, images.shape[-2:])
-            return dict(anomaly_map=self.smooth(raw), score=self.image_score(raw))
+            return self.prediction_from_features(self.forward_features(images), images.shape[-2:])
     finally:
         self.train(was_training)
 

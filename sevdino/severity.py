@@ -4,22 +4,21 @@
 
 # %% auto #0
 __all__ = ['POOLINGS', 'DISCREPANCY_THRESHOLDS', 'HEAD_ACTIVATIONS', 'HEAD_INPUTS', 'RECON_ON', 'AttentionPool', 'make_pooling',
-           'discrepancy_statistics', 'discrepancy_dim', 'SeverityHead', 'Prediction', 'SeverityDinomaly']
+           'discrepancy_statistics', 'discrepancy_dim', 'SeverityHead', 'SeverityDinomaly']
 
-# %% ../nbs/05_severity.ipynb #2106ccfe
-from dataclasses import dataclass
+# %% ../nbs/05_severity.ipynb #692dff17
 from typing import Optional, Sequence
 
-# %% ../nbs/05_severity.ipynb #83838708
+# %% ../nbs/05_severity.ipynb #7b603ec1
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/05_severity.ipynb #5065c956
-from .dinomaly import Dinomaly, DinomalyFeatures
+# %% ../nbs/05_severity.ipynb #e475f3ea
+from .dinomaly import Dinomaly, DinomalyFeatures, Prediction
 from .encoder import DinoEncoder
 
-# %% ../nbs/05_severity.ipynb #0a77b206
+# %% ../nbs/05_severity.ipynb #02efa29a
 class AttentionPool(nn.Module):
     "Weighted mean of tokens, with weights from a learned score per token (softmax over tokens)."
     def __init__(self, dim: int):
@@ -31,7 +30,7 @@ class AttentionPool(nn.Module):
         weights = self.score(tokens).softmax(dim=1)  # (B, N, 1)
         return (weights * tokens).sum(dim=1)
 
-# %% ../nbs/05_severity.ipynb #5716a9dc
+# %% ../nbs/05_severity.ipynb #54174dd1
 POOLINGS = ('avg', 'max', 'attention')
 
 def make_pooling(kind: str, dim: int) -> nn.Module:
@@ -45,7 +44,7 @@ class _Lambda(nn.Module):
     def __init__(self, fn): super().__init__(); self.fn = fn
     def forward(self, x): return self.fn(x)
 
-# %% ../nbs/05_severity.ipynb #b1587831
+# %% ../nbs/05_severity.ipynb #3ea9eb42
 DISCREPANCY_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 
 def discrepancy_statistics(en: Sequence[torch.Tensor], de: Sequence[torch.Tensor],
@@ -65,7 +64,7 @@ def discrepancy_dim(groups: int, thresholds: Sequence[float] = DISCREPANCY_THRES
     "Length of `discrepancy_statistics` for `groups` fusion groups."
     return groups * (7 + len(thresholds))
 
-# %% ../nbs/05_severity.ipynb #3198230b
+# %% ../nbs/05_severity.ipynb #fe6e4d9c
 HEAD_ACTIVATIONS = ('softplus', 'relu', 'none')
 
 class SeverityHead(nn.Module):
@@ -88,15 +87,7 @@ class SeverityHead(nn.Module):
         if self.activation == 'relu': return F.relu(out)
         return out
 
-# %% ../nbs/05_severity.ipynb #64280cf9
-@dataclass
-class Prediction:
-    "What inference returns, per image: the anomaly map at input resolution, the Dinomaly image score and the severity (None for plain Dinomaly)."
-    anomaly_map: torch.Tensor
-    score: torch.Tensor
-    severity: Optional[torch.Tensor] = None
-
-# %% ../nbs/05_severity.ipynb #4026e86e
+# %% ../nbs/05_severity.ipynb #7adb9edb
 HEAD_INPUTS = ('bottleneck', 'discrepancy', 'both')
 RECON_ON = ('clean', 'all')
 
@@ -104,7 +95,7 @@ class SeverityDinomaly(Dinomaly):
     "Dinomaly with a severity head on pooled bottleneck features (and optionally discrepancy statistics); one encoder pass."
     def __init__(self, encoder: DinoEncoder, severity_weight: float = 0.1, pooling: str = 'avg',
                  head_hidden: Sequence[int] = (256, 64), head_dropout: float = 0.3, head_activation: str = 'softplus',
-                 head_input: str = 'bottleneck', recon_on: str = 'clean', severity_loss: str = 'mse',
+                 head_input: str = 'both', recon_on: str = 'clean', severity_loss: str = 'mse',
                  max_severity: float = 10.0, **dinomaly_kwargs):
         super().__init__(encoder, **dinomaly_kwargs)
         if severity_weight < 0: raise ValueError(f'severity_weight must be >= 0, got {severity_weight}')
@@ -159,14 +150,13 @@ class SeverityDinomaly(Dinomaly):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        "Anomaly map (B,1,H,W) at input resolution, image score (B,) and severity (B,), from one encoder pass."
+        "A `Prediction`: anomaly map (B,1,H,W) at input resolution, image score (B,) and severity (B,), from one encoder pass."
         was_training = self.training
         self.eval()
         try:
             features = self.forward_features(images)
-            anomaly_map, _ = self.anomaly_maps(features, images.shape[-2:])
-            score = self.image_score(anomaly_map)
-            severity = self.predict_severity(features).float()
+            prediction = self.prediction_from_features(features, images.shape[-2:])
+            prediction.severity = self.predict_severity(features).float()
         finally:
             self.train(was_training)
-        return Prediction(anomaly_map=anomaly_map.float(), score=score.float(), severity=severity)
+        return prediction

@@ -8,7 +8,7 @@ __all__ = ['MODELS', 'PRECISIONS', 'LOG_FIELDS', 'ConfigError', 'TrainConfig', '
            'atomic_write_text', 'save_checkpoint', 'load_latest_checkpoint', 'TrainingError', 'load_training_images',
            'batch_indices', 'fit', 'load_run']
 
-# %% ../nbs/06_train.ipynb #adb1e365
+# %% ../nbs/06_train.ipynb #5ed3561f
 import csv
 import dataclasses
 import json
@@ -21,21 +21,21 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
 
-# %% ../nbs/06_train.ipynb #1c34cf67
+# %% ../nbs/06_train.ipynb #25de6e9e
 import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-# %% ../nbs/06_train.ipynb #fc2d00a2
+# %% ../nbs/06_train.ipynb #6b7ced8a
 from .augment import FAULT_FAMILIES, create_severity_training_batch
 from .data import FolderDataset
 from .dinomaly import Dinomaly, StableAdamW, warmup_cosine
 from .encoder import DinoEncoder
 from .severity import POOLINGS, HEAD_INPUTS, RECON_ON, SeverityDinomaly
 
-# %% ../nbs/06_train.ipynb #ddfeacbc
+# %% ../nbs/06_train.ipynb #43c7b577
 MODELS = ('severity-dinomaly', 'dinomaly')
 PRECISIONS = ('auto', 'bf16', 'fp32')
 
@@ -59,13 +59,13 @@ class TrainConfig:
     decoder_depth: int = 8
     severity_weight: float = 0.1
     aug_ratio: float = 0.3
-    families: tuple = ('hline',)
+    families: tuple = ('hline', 'curve', 'cutpaste')
     max_severity: float = 10.0
     pooling: str = 'avg'
     head_hidden: tuple = (256, 64)
     head_dropout: float = 0.3
     head_activation: str = 'softplus'
-    head_input: str = 'bottleneck'
+    head_input: str = 'both'
     recon_on: str = 'clean'
     severity_loss: str = 'mse'
     lr: float = 2e-3
@@ -118,7 +118,7 @@ class TrainConfig:
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d).validate()
 
-# %% ../nbs/06_train.ipynb #99ddb7f5
+# %% ../nbs/06_train.ipynb #16bf844a
 def bf16_is_fast(device: torch.device) -> bool:
     "True where bf16 matrix work is native: CUDA, or a CPU with AVX512-BF16 or AMX."
     if device.type == 'cuda': return True
@@ -133,7 +133,7 @@ def autocast(precision: str, device: torch.device):
     "Autocast context for a resolved precision."
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
-# %% ../nbs/06_train.ipynb #fa949c7c
+# %% ../nbs/06_train.ipynb #9007d822
 def build_model(config: TrainConfig, weights=None) -> nn.Module:
     "The model a config describes, with encoder weights `weights` (default: the config's source); initialised from `config.seed`."
     torch.manual_seed(config.seed)  # random parts (decoder, head, a 'none' encoder) depend on the seed only
@@ -160,7 +160,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: dict, source: str = 
                           'a run of another model or configuration?')
     model.load_state_dict(state_dict, strict=False)
 
-# %% ../nbs/06_train.ipynb #e0394b7f
+# %% ../nbs/06_train.ipynb #b0ccf9e5
 def atomic_write_bytes(path: Path, write) -> None:
     "Call `write(file)` on a temporary file beside `path`, fsync, then rename it to `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def load_latest_checkpoint(folder: Path):
         except Exception as e: warnings.warn(f'{path}: unreadable checkpoint ({type(e).__name__}: {e}); trying the previous one')
     return None
 
-# %% ../nbs/06_train.ipynb #0aa64e1e
+# %% ../nbs/06_train.ipynb #e3bb1e53
 class TrainingError(RuntimeError):
     "Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."
 
@@ -220,7 +220,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
         out[sel] = perm[pos[sel]]
     return out
 
-# %% ../nbs/06_train.ipynb #cd18f920
+# %% ../nbs/06_train.ipynb #db3352dc
 LOG_FIELDS = ('step', 'loss', 'recon_loss', 'severity_loss', 'severity_mae', 'lr')
 
 def _read_log(path: Path, before_step: int) -> list:
@@ -304,7 +304,7 @@ def _safetensors_bytes(state_dict: dict) -> bytes:
     from safetensors.torch import save
     return save(state_dict)
 
-# %% ../nbs/06_train.ipynb #3ea1ea49
+# %% ../nbs/06_train.ipynb #88172945
 def load_run(run, weights=None, device='cpu'):
     "The trained model of run folder `run` (eval mode) and its `TrainConfig`. Errors name the folder and what is missing."
     run = Path(run)

@@ -1,14 +1,20 @@
 """Notebook hygiene checkers, usable on any nbdev project directory (the repo, or a mutated copy).
 
 Each checker returns a list of problems (empty when all is well) and never modifies the project it
-checks: it works on a temporary copy and runs nbdev's own commands there, so what it compares with
-is exactly what `nbdev_export` and `nbdev_clean` would write.
+checks. The export and clean checks work on a temporary copy and run nbdev's own commands there, so
+what they compare with is exactly what `nbdev_export` and `nbdev_clean` would write; the output check
+(`output_problems`) only reads the notebooks.
 """
+import ast
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tokenize
 from pathlib import Path
 
 FIX_EXPORT = 'run `nbdev_export && nbdev_clean` (make export) and commit'
@@ -131,3 +137,183 @@ def clean_problems(repo):
 def report(problems, what):
     "One failure message listing `problems`."
     return f'{what}: {len(problems)} problem(s)\n  - ' + '\n  - '.join(problems)
+
+
+# --- executed notebooks keep their outputs ----------------------------------------------------------
+
+# Matplotlib calls that open a figure; at the end of the cell the inline backend shows every open one.
+_FIGURE_CALLS = frozenset({
+    'figure', 'subplots', 'subplot', 'subplot_mosaic', 'imshow', 'matshow', 'plot', 'scatter', 'hist',
+    'hist2d', 'bar', 'barh', 'boxplot', 'violinplot', 'errorbar', 'fill_between', 'step', 'stem',
+    'pie', 'contour', 'contourf', 'pcolormesh', 'hexbin', 'semilogx', 'semilogy', 'loglog'})
+_PYPLOT_NAMES = ('plt', 'pyplot')
+_DIRECTIVE_LINE = re.compile(r'\s*#\s*\|')
+
+
+def _directives(source):
+    "The nbdev directive lines at the top of a cell (as nbdev reads them), lower-cased without `#|`."
+    found = []
+    for line in source.splitlines():
+        if _DIRECTIVE_LINE.match(line): found.append(_DIRECTIVE_LINE.sub('', line, count=1).strip().lower())
+        elif line.strip() and not line.lstrip().startswith('%%'): break
+    return found
+
+
+def _has_directive(source, name, value=None):
+    for d in _directives(source):
+        key, _, rest = d.partition(':')
+        if key.strip() == name and (value is None or rest.strip().rstrip(':').strip() == value): return True
+    return False
+
+
+_NOT_PYTHON_LINE = re.compile(r'\s*(%|!(?!=)|#\s*\|)')
+
+
+def _python_lines(source):
+    "`source` without directive lines, line magics and shell escapes, which `ast` cannot parse."
+    return '\n'.join(l for l in source.splitlines() if not _NOT_PYTHON_LINE.match(l))
+
+
+def _ends_with_semicolon(code):
+    "Whether the last token is `;`, which makes IPython display nothing."
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                tokenize.DEDENT, tokenize.ENDMARKER): last = tok
+    except (tokenize.TokenError, SyntaxError): return False
+    return last is not None and last.string == ';'
+
+
+def _calls_run_by_the_cell(tree):
+    "Call nodes the cell itself runs: those in function, lambda and class bodies only run when called."
+    todo, calls = [tree], []
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)): continue
+        if isinstance(node, ast.Call): calls.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return calls
+
+
+def _call_name(call):
+    "('plt', 'show') for `plt.show(...)`, (None, 'display') for `display(...)`, ('', 'm') for `f().m()`."
+    f = call.func
+    if isinstance(f, ast.Name): return None, f.id
+    if isinstance(f, ast.Attribute): return (f.value.id if isinstance(f.value, ast.Name) else ''), f.attr
+    return '', ''
+
+
+
+def _drawing(calls, helpers):
+    """'shows' when `calls` surely display something (`display(...)`, `plt.show()`, a helper that does),
+    'opens' when they open a figure the inline backend will show (pyplot figure calls, helpers that
+    do) and no `plt.close(...)` discards it first, else None."""
+    names = [_call_name(c) for c in calls]
+    if any(n == (None, 'display') or (n[0] in _PYPLOT_NAMES and n[1] == 'show') or
+           (n[0] is None and helpers.get(n[1]) == 'shows') for n in names): return 'shows'
+    opens = any((n[0] in _PYPLOT_NAMES and n[1] in _FIGURE_CALLS) or (n[0] is None and helpers.get(n[1]) == 'opens')
+                for n in names)
+    closes = any(n[0] in _PYPLOT_NAMES and n[1] == 'close' for n in names)
+    return 'opens' if opens and not closes else None
+
+
+def _parse_cell(source):
+    "The cell's Python code and its `ast` tree, or None for empty cells, cell magics and non-Python code."
+    if not source.strip() or source.lstrip().startswith('%%'): return None
+    code = _python_lines(source)
+    try: return code, ast.parse(code)
+    except SyntaxError: return None
+
+
+def drawing_helpers(sources, helpers=None):
+    """Functions defined at the top level of the code cells `sources` (one notebook, in order) that draw
+    when called: name -> 'shows' or 'opens' (see `_drawing`). A cell calling one draws a figure."""
+    helpers = dict(helpers or {})
+    for source in sources:
+        parsed = _parse_cell(source)
+        if parsed is None: continue
+        for node in parsed[1].body:
+            if isinstance(node, ast.FunctionDef):
+                calls = [c for stmt in node.body for c in _calls_run_by_the_cell(stmt)]
+                kind = _drawing(calls, helpers)
+                if kind: helpers[node.name] = kind
+    return helpers
+
+
+def output_expected(source, helpers=None):
+    """Why running the code cell `source` must show an output, or None when it need not.
+
+    Decided from the source alone, always on the safe side (a cell is flagged only when running it
+    certainly shows something):
+    - 'it ends with an expression': the last top-level statement is an expression that IPython
+      displays. Calls are not counted (`df.head()` displays, `test_eq(a, b)` returns None, and which
+      one a call is cannot be told from the source), nor `await`/`yield`, string constants (notes),
+      `None` and `...`, nor anything when the cell ends with `;`.
+    - 'it prints': a top-level statement is a `print(...)` call (without `file=`); prints inside
+      loops and branches are not counted (they may not run). Likewise 'it shows documentation' for
+      a top-level `show_doc(...)`.
+    - 'it draws a figure': the cell itself (not a function it only defines) calls `display(...)` or
+      `plt.show()`, or a pyplot call that opens a figure (`plt.subplots`, `plt.figure`, `plt.imshow`,
+      `plt.plot`, ...) without `plt.close(...)`, which discards the figure before the inline backend
+      shows it (the save-to-file pattern); or it calls one of `helpers` (from `drawing_helpers`: the
+      notebook's own functions that draw). Drawing on existing axes (`ax.plot`) or through imported
+      functions is not counted.
+    Cells that are empty, cell magics (`%%capture`, `%%time`: the magic decides what shows) and code
+    `ast` cannot parse (other IPython syntax) need no output.
+    """
+    parsed = _parse_cell(source)
+    if parsed is None or not parsed[1].body: return None
+    code, tree = parsed
+    last = tree.body[-1]
+    if isinstance(last, ast.Expr) and not _ends_with_semicolon(code):
+        v = last.value
+        quiet = (isinstance(v, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom)) or
+                 (isinstance(v, ast.Constant) and (isinstance(v.value, str) or v.value is None or v.value is Ellipsis)))
+        if not quiet: return 'it ends with an expression'
+    top_calls = [s.value for s in tree.body if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)]
+    if any(_call_name(c) == (None, 'print') and not any(k.arg == 'file' for k in c.keywords) for c in top_calls):
+        return 'it prints'
+    if any(_call_name(c) == (None, 'show_doc') for c in top_calls): return 'it shows documentation'
+    if _drawing(_calls_run_by_the_cell(tree), helpers or {}): return 'it draws a figure'
+    return None
+
+
+def _first_code_line(source):
+    lines = [l.strip() for l in source.splitlines() if l.strip() and not _DIRECTIVE_LINE.match(l)]
+    first = lines[0] if lines else ''
+    return first if len(first) <= 70 else first[:67] + '...'
+
+
+def _source(cell):
+    source = cell.get('source', '')
+    return ''.join(source) if isinstance(source, list) else source
+
+
+def output_problems(repo):
+    """Code cells of `repo`'s notebooks that must show an output (see `output_expected`) but have none
+    (the cell's output was deleted, or the notebook was saved unexecuted). Notebooks are committed
+    executed because their outputs are the docs. Not checked: cells marked `#| eval: false` (the docs
+    never run them), and cells marked `#| slow` (an executed notebook runs them too, but slow cells
+    may be left unexecuted, so a slow cell without output is accepted). Cells are numbered from 1
+    among all the notebook's cells (markdown included). Returns a list of problems."""
+    repo = Path(repo).resolve()
+    nbs, _ = project_paths(repo)
+    problems = []
+    for nb_path in notebooks(nbs):
+        rel = nb_path.relative_to(repo).as_posix()
+        fix = (f'execute the notebook (`jupyter nbconvert --to notebook --execute --inplace {rel}`) '
+               f'then `nbdev_clean --fname {rel}`')
+        try: cells = json.loads(nb_path.read_text(encoding='utf-8'))['cells']
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f'{rel}: cannot read its cells ({type(e).__name__}: {e}); is it valid nbformat JSON?')
+            continue
+        sources = {k: _source(cell) for k, cell in enumerate(cells, 1) if cell.get('cell_type') == 'code'}
+        helpers = drawing_helpers(sources.values())
+        for k, source in sources.items():
+            if cells[k - 1].get('outputs'): continue
+            if _has_directive(source, 'eval', 'false') or _has_directive(source, 'slow'): continue
+            why = output_expected(source, helpers)
+            if why: problems.append(f'{rel} cell {k} (first line: `{_first_code_line(source)}`) has no output '
+                                    f'({why}): {fix}')
+    return problems
