@@ -557,7 +557,7 @@ def evaluate_run(run, data, domain=None, out=None, batch_size: int = 16, progres
     dataset = evaluation_dataset(config, data, domain)
     evaluated = dataset.domains[0] if len(dataset.domains) == 1 else ','.join(dataset.domains)
     trained = _trained_domains(config)
-    same = trained is None or set(dataset.domains) <= set(trained)
+    same = domain is None or (trained is not None and set(dataset.domains) <= set(trained))  # a run trained on every domain keeps each one's evaluation apart
     folder, metrics_file = _output_paths(run, out, evaluated, same)
     model_name = getattr(config, 'model', type(model).__name__)
     info = dict(run=str(run), model=model_name, data=str(data), domain=evaluated,
