@@ -6,11 +6,13 @@
 __all__ = ['SEVERITY_BANDS', 'IMAGE_EXTENSIONS', 'PATCH_SIZE', 'severity_of_change', 'severity_level', 'ImageError',
            'ImageWarning', 'read_array', 'scale_float', 'to_unit', 'read_image', 'read_mask', 'resize_image',
            'resize_mask', 'dataset_float_range', 'SeverityLabel', 'read_severity_csv', 'find_domains', 'detect_layout',
-           'Sample', 'FolderDataset']
+           'Sample', 'FolderDataset', 'atomic_write', 'atomic_write_text']
 
 # %% ../nbs/00_data.ipynb #45ff7b6f
 import csv
 import math
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,8 +375,9 @@ class FolderDataset(torch.utils.data.Dataset):
             if mask.shape[-2:] != image.shape[-2:]:
                 raise ImageError(f'mask {s.mask_path} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but image {s.path} is {W}x{H}')
         else: mask = torch.zeros(1, H, W)
+        if min(H, W) < PATCH_SIZE:  # less than one token of detail: upscaling would invent it, so this is a wrong file, not a small image
+            raise ImageError(f'{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder\'s token); is it the right file?')
         if self.image_size: image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
-        elif min(H, W) < PATCH_SIZE: raise ImageError(f'{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch; give an image_size')
         item = dict(image=image, mask=mask, label=s.label, defect=s.defect, severity=float(s.severity), level=int(s.level), path=str(s.path))
         return self.transform(item) if self.transform else item
 
@@ -391,3 +394,22 @@ class FolderDataset(torch.utils.data.Dataset):
         faulty = sum(s.label for s in self.samples)
         return (f'FolderDataset({str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, domains={self.domains}, '
                 f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, float_range={self.float_range})')
+
+# %% ../nbs/00_data.ipynb #38828328
+def atomic_write(path, write) -> Path:
+    "Call `write(temporary_path)`, fsync the file, then rename it to `path`; on failure the temporary file is removed and `path` is untouched."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    return path
+
+def atomic_write_text(path, text: str) -> Path:
+    "Write `text` to `path` atomically."
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -178,10 +178,20 @@ class DinoEncoder(nn.Module):
         if isinstance(weights, str) and weights == 'none': self.weights = random_init_(self.vit)
         else: self.weights = load_weights(self.vit, weights)
         self.vit.requires_grad_(False)
+        self.set_dtype(dtype)
+        self.train(False)
+
+    def set_dtype(self, dtype) -> 'DinoEncoder':
+        "Keep the frozen weights in `dtype` (torch.float32 or 'fp32', torch.bfloat16 or 'bf16'); returns self. Cast from fp32 weights: bf16 -> fp32 does not bring the lost digits back."
         dtype = _DTYPES.get(dtype, dtype)
         if dtype not in (torch.float32, torch.bfloat16): raise ValueError(f'dtype {dtype}: use torch.float32 or torch.bfloat16')
         self.vit.to(dtype)
-        self.train(False)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        "The dtype of the frozen weights (the taps are float32 either way)."
+        return self.vit.patch_embed.proj.weight.dtype
 
     def train(self, mode: bool = True):
         "Always eval: the encoder is frozen, whatever `mode` a parent module passes."

@@ -5,11 +5,10 @@
 # %% auto #0
 __all__ = ['PREDICTION_COLUMNS', 'PIXEL_METRIC_MAX_SIDE', 'DEFECT_METRICS', 'FIGURE_DPI', 'LEVEL_NAMES', 'METRIC_MEANINGS',
            'FIGURE_NOTES', 'FIGURES', 'DEMO_COLUMNS', 'HEAD_MODEL', 'PLAIN_MODEL', 'predict_dataset', 'metric_map_size',
-           'table_metrics', 'defect_metrics', 'heldout_metrics', 'atomic_write', 'atomic_write_text', 'plot_roc',
-           'plot_severity_scatter', 'plot_severity_by_level', 'plot_score_vs_severity', 'select_cases',
-           'map_colour_range', 'plot_overlays', 'defect_table', 'report_text', 'evaluate_model', 'evaluation_dataset',
-           'training_fault_families', 'evaluate_run', 'heldout_comparison', 'domain_verdict', 'heldout_section',
-           'write_demo_report']
+           'table_metrics', 'defect_metrics', 'heldout_metrics', 'plot_roc', 'plot_severity_scatter',
+           'plot_severity_by_level', 'plot_score_vs_severity', 'select_cases', 'map_colour_range', 'plot_overlays',
+           'defect_table', 'report_text', 'evaluate_model', 'evaluation_dataset', 'training_fault_families',
+           'evaluate_run', 'heldout_comparison', 'domain_verdict', 'heldout_section', 'write_demo_report']
 
 # %% ../nbs/08_evaluate.ipynb #5e818789
 import json
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 # %% ../nbs/08_evaluate.ipynb #d6aed3a0
-from .data import SEVERITY_BANDS, FolderDataset
+from .data import SEVERITY_BANDS, FolderDataset, atomic_write, atomic_write_text
 from .metrics import (METRIC_NAMES, MetricWarning, compute_metrics, score_truth_spearman, severity_kendall, severity_mae,
                              severity_spearman)
 
@@ -166,25 +165,9 @@ def heldout_metrics(table, train_families) -> dict:
             **{f'heldout_{name}': value for name, value in numbers.items()}}
 
 # %% ../nbs/08_evaluate.ipynb #d87bbf8f
-def atomic_write(path, write) -> Path:
-    "Call `write(temporary_path)`, then rename the temporary file to `path` (atomic); the temporary file is removed on failure."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def _json_text(data) -> str:
     "JSON with NaN written as NaN (Python's json reads it back as float nan; undefined metrics stay numbers)."
     return json.dumps(data, indent=2, allow_nan=True, default=lambda o: o.item() if hasattr(o, 'item') else str(o)) + '\n'
-
-def atomic_write_text(path, text: str) -> Path:
-    "Write `text` to `path` atomically."
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 # %% ../nbs/08_evaluate.ipynb #7cd32d4e
 FIGURE_DPI = 80
@@ -526,13 +509,13 @@ def evaluation_dataset(config, data, domain=None) -> FolderDataset:
 
 # %% ../nbs/08_evaluate.ipynb #cfc74461
 def training_fault_families(config) -> list | None:
-    """The fault families (by name) that the run's severity head trained on: `config.families` for a severity-dinomaly run
-    with `aug_ratio` > 0; [] for a run that saw no synthetic fault (plain Dinomaly, or `aug_ratio` 0); None when the config
+    """The fault families (by name) that the run's severity head trained on: `config.families` for a run with a severity head
+    (severity-dinomaly, draem-sevnet) and `aug_ratio` > 0; [] for a run that saw no synthetic fault (plain Dinomaly, or `aug_ratio` 0); None when the config
     does not record `families`."""
     families = getattr(config, 'families', None)
     if families is None: return None
     aug_ratio = getattr(config, 'aug_ratio', None)
-    if getattr(config, 'model', 'severity-dinomaly') != 'severity-dinomaly' or (aug_ratio is not None and aug_ratio <= 0): return []
+    if getattr(config, 'model', 'severity-dinomaly') == 'dinomaly' or (aug_ratio is not None and aug_ratio <= 0): return []
     return [families] if isinstance(families, str) else [str(f) for f in families]
 
 # %% ../nbs/08_evaluate.ipynb #9d86e5aa

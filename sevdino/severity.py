@@ -125,8 +125,9 @@ class SeverityDinomaly(Dinomaly):
         return torch.cat(parts, dim=1)
 
     def predict_severity(self, features: DinomalyFeatures) -> torch.Tensor:
-        "Severity (B,) from computed features."
-        return self.severity_head(self.severity_inputs(features))
+        "Severity (B,) from computed features, in float32 even under autocast (the head is tiny; bf16 would round its output to 3 digits)."
+        with torch.autocast(features.bottleneck.device.type, enabled=False):
+            return self.severity_head(self.severity_inputs(features).float())
 
     def losses(self, images: torch.Tensor, step: int = 0, severity_target: Optional[torch.Tensor] = None,
                augmented: Optional[torch.Tensor] = None) -> dict:
