@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # %% ../nbs/13_bench.ipynb #66fa93a2
-from .train import ConfigError, TrainConfig, autocast, bf16_is_fast, build_model, make_optimizer, step_losses
+from .train import ConfigError, TrainConfig, autocast, parse_image_size, bf16_is_fast, build_model, make_optimizer, step_losses
 
 # %% ../nbs/13_bench.ipynb #69a7e35c
 def _cpu_model() -> str:
@@ -356,16 +356,10 @@ def bench_markdown(result: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/13_bench.ipynb #c764c989
-def _image_size(text: str) -> tuple:
-    parts = [int(p) for p in text.lower().replace('x', ',').split(',')]
-    if len(parts) == 1: parts *= 2
-    if len(parts) != 2: raise argparse.ArgumentTypeError(f'image size {text!r}: give N or HxW')
-    return tuple(parts)
-
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `sevdino bench` to `parser` (a parser or a sub-command's parser); returns it."
     parser.add_argument('--encoder', default='vit_small_patch14_dinov2', help='timm DINOv2 name')
-    parser.add_argument('--image-size', type=_image_size, default=(224, 224), help='N or HxW, multiples of 14 (default 224)')
+    parser.add_argument('--image-size', type=parse_image_size, default=(224, 224), help='N or HxW, multiples of 14 (default 224)')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--precision', default=','.join(BENCH_PRECISIONS), help='fp32, bf16, or both comma-separated (default)')
     parser.add_argument('--weights', default='none', help='none (random: speed does not depend on the values; default) | auto | bundled | hub | a file')

@@ -21,7 +21,7 @@ import torch
 from .data import ImageError, read_image, resize_image
 from .encoder import WeightsError
 from .synthetic import BUILTIN_DATASETS, make_dataset
-from .train import ConfigError, TrainConfig, TrainingError, fit, load_run
+from .train import ConfigError, TrainConfig, TrainingError, fit, load_run, parse_image_size
 from .bench import add_bench_args, cmd_bench
 from .ablation import ABLATION_AXES, ablate, parse_axis
 from .draem_sevnet import CPU_WIDTH, compare
@@ -58,17 +58,11 @@ def cmd_demo(args):
     print(report.read_text())
 
 # %% ../nbs/12_cli.ipynb #d6096532
-def _size(text):
-    parts = [int(p) for p in text.lower().replace('x', ',').split(',')]
-    if len(parts) == 1: parts *= 2
-    if len(parts) != 2: raise argparse.ArgumentTypeError(f'image size {text!r}: give N or HxW')
-    return tuple(parts)
-
 def _add_train_args(p, defaults: TrainConfig):
     p.add_argument('--model', default=defaults.model, choices=['severity-dinomaly', 'dinomaly', 'draem-sevnet'])
     p.add_argument('--steps', type=int, default=defaults.steps)
     p.add_argument('--batch-size', type=int, default=defaults.batch_size)
-    p.add_argument('--image-size', type=_size, default=defaults.image_size, help='N or HxW, multiples of 14')
+    p.add_argument('--image-size', type=parse_image_size, default=defaults.image_size, help='N or HxW, multiples of 14')
     p.add_argument('--encoder', default=defaults.encoder)
     p.add_argument('--weights', default=defaults.weights, help="auto | hub | bundled | none | a weight file")
     p.add_argument('--severity-weight', type=float, default=defaults.severity_weight)
