@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LEVEL_TARGETS', 'HDMAP_DOMAINS', 'HDMAP_FAULTS', 'TEXTURE_SOURCES', 'TEXTURE_NAMES', 'TEXTURE_DEFECTS',
            'DEFECT_ALPHA', 'BUILTIN_DATASETS', 'perlin_noise', 'severity_plan', 'hdmap_normal', 'hdmap_fault',
-           'texture_bank', 'texture_defect', 'make_hdmap_sim', 'make_textures', 'make_dataset']
+           'texture_bank', 'texture_defect', 'make_hdmap_sim', 'make_textures', 'make_dataset', 'textures_clean_images']
 
 # %% ../nbs/01_synthetic.ipynb #ebbeae1e
 import csv
@@ -416,6 +416,16 @@ def make_hdmap_sim(out, seed=0, domains=tuple(HDMAP_DOMAINS), n_train=200, n_tes
                 rows.append((f'{domain}/test/{kind}/{name}.tiff', severity))
     return _finish(out, tmp, info, rows)
 
+# %% ../nbs/01_synthetic.ipynb #27bb5c20
+def _texture_test_faults(category, seed, n_test_faulty, size, defects):
+    "Each test fault of `category` as `make_textures` draws it: (kind, file stem, target severity, clean crop (C,size,size), its generator, already past the crop)."
+    counts = dict.fromkeys(defects, 0)
+    for j, (kind, level, target) in enumerate(severity_plan(n_test_faulty, defects, _rng(seed, 'textures', category, 'plan'))):
+        rng = _rng(seed, 'textures', category, 'test-fault', j)
+        clean = _crop(_photo(category), size, rng)
+        name, counts[kind] = f'{counts[kind]:03d}', counts[kind] + 1
+        yield kind, name, target, clean, rng
+
 # %% ../nbs/01_synthetic.ipynb #5022336e
 def make_textures(out, seed=0, categories=('brick', 'grass', 'gravel'), n_train=150, n_test_good=40, n_test_faulty=60, size=224, defects=TEXTURE_DEFECTS, overwrite=False):
     "Write the `textures` dataset (MVTec AD layout, png crops of scikit-image photographs, pixel masks, `severity.csv`) to `out`; returns its path."
@@ -433,12 +443,8 @@ def make_textures(out, seed=0, categories=('brick', 'grass', 'gravel'), n_train=
             def save(path, unit): _write_png(path, _to_uint8(unit.transpose(1, 2, 0)).squeeze(-1) if unit.shape[0] == 1 else _to_uint8(unit.transpose(1, 2, 0)))
             for i in range(n_train): save(base / 'train' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'train', i)))
             for i in range(n_test_good): save(base / 'test' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'test-good', i)))
-            counts = dict.fromkeys(defects, 0)
-            for j, (kind, level, target) in enumerate(severity_plan(n_test_faulty, defects, _rng(seed, 'textures', category, 'plan'))):
-                rng = _rng(seed, 'textures', category, 'test-fault', j)
-                clean = _crop(photo, size, rng)
+            for kind, name, target, clean, rng in _texture_test_faults(category, seed, n_test_faulty, size, defects):
                 faulty, mask, severity = texture_defect(clean, kind, target, rng, foreign=str(rng.choice(foreign)))
-                name, counts[kind] = f'{counts[kind]:03d}', counts[kind] + 1
                 _write_png(base / 'test' / kind / f'{name}.png', faulty)
                 _write_mask(base / 'ground_truth' / kind / f'{name}_mask.png', mask)
                 rows.append((f'{category}/test/{kind}/{name}.png', severity))
@@ -452,3 +458,17 @@ def make_dataset(name, out, seed=0, **sizes):
     "Write the built-in dataset `name` (see `BUILTIN_DATASETS`) to `out` with `seed`; `sizes` go to its maker (e.g. n_train); returns the dataset's path."
     if name not in BUILTIN_DATASETS: raise ValueError(f'unknown built-in dataset {name!r}; expected one of {", ".join(BUILTIN_DATASETS)}')
     return BUILTIN_DATASETS[name](out, seed=seed, **sizes)
+
+# %% ../nbs/01_synthetic.ipynb #55bda0e5
+def textures_clean_images(root, category):
+    "The fault-free crop under each test fault of `category` in the `textures` dataset at `root` (as `make_textures` wrote it), regenerated from its `dataset.json`: {image path relative to `root`: uint8 (H,W) or (H,W,3)}."
+    marker = Path(root) / 'dataset.json'
+    if not marker.is_file(): raise FileNotFoundError(f'{marker}: missing; {root} is not a dataset written by make_textures')
+    info = json.loads(marker.read_text())
+    if info.get('name') != 'textures': raise ValueError(f"{marker}: holds the {info.get('name')!r} dataset, not 'textures'")
+    if category not in info['categories']: raise ValueError(f"{marker}: no category {category!r}; it has {', '.join(info['categories'])}")
+    out = {}
+    for kind, name, _, clean, _ in _texture_test_faults(category, info['seed'], info['n_test_faulty'], info['size'], info['defects']):
+        image = _to_uint8(clean).transpose(1, 2, 0)
+        out[f'{category}/test/{kind}/{name}.png'] = image[..., 0] if image.shape[2] == 1 else image
+    return out
