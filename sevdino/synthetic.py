@@ -417,6 +417,11 @@ def make_hdmap_sim(out, seed=0, domains=tuple(HDMAP_DOMAINS), n_train=200, n_tes
     return _finish(out, tmp, info, rows)
 
 # %% ../nbs/01_synthetic.ipynb #27bb5c20
+def _as_image(unit):
+    "A (C,H,W) [0, 1] array as the uint8 image `make_textures` writes: (H,W) for one channel, (H,W,C) otherwise."
+    image = _to_uint8(unit.transpose(1, 2, 0))
+    return image[..., 0] if image.shape[2] == 1 else image
+
 def _texture_test_faults(category, seed, n_test_faulty, size, defects):
     "Each test fault of `category` as `make_textures` draws it: (kind, file stem, target severity, clean crop (C,size,size), its generator, already past the crop)."
     counts = dict.fromkeys(defects, 0)
@@ -440,7 +445,7 @@ def make_textures(out, seed=0, categories=('brick', 'grass', 'gravel'), n_train=
         for category in categories:
             photo, base = _photo(category), tmp / category
             foreign = [n for n in TEXTURE_NAMES if n != category]
-            def save(path, unit): _write_png(path, _to_uint8(unit.transpose(1, 2, 0)).squeeze(-1) if unit.shape[0] == 1 else _to_uint8(unit.transpose(1, 2, 0)))
+            def save(path, unit): _write_png(path, _as_image(unit))
             for i in range(n_train): save(base / 'train' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'train', i)))
             for i in range(n_test_good): save(base / 'test' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'test-good', i)))
             for kind, name, target, clean, rng in _texture_test_faults(category, seed, n_test_faulty, size, defects):
@@ -467,8 +472,5 @@ def textures_clean_images(root, category):
     info = json.loads(marker.read_text())
     if info.get('name') != 'textures': raise ValueError(f"{marker}: holds the {info.get('name')!r} dataset, not 'textures'")
     if category not in info['categories']: raise ValueError(f"{marker}: no category {category!r}; it has {', '.join(info['categories'])}")
-    out = {}
-    for kind, name, _, clean, _ in _texture_test_faults(category, info['seed'], info['n_test_faulty'], info['size'], info['defects']):
-        image = _to_uint8(clean).transpose(1, 2, 0)
-        out[f'{category}/test/{kind}/{name}.png'] = image[..., 0] if image.shape[2] == 1 else image
-    return out
+    return {f'{category}/test/{kind}/{name}.png': _as_image(clean)
+            for kind, name, _, clean, _ in _texture_test_faults(category, info['seed'], info['n_test_faulty'], info['size'], info['defects'])}
