@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sevdino-installed
 PYTHON ?= python3
 
-.PHONY: install demo test test-slow docs-check export clean
+.PHONY: install demo test lint test-slow docs-check export clean
 
 install: $(STAMP)
 
@@ -20,9 +20,14 @@ demo: $(STAMP)
 
 # Notebook tests first (their cells are the library's inline tests), then pytest, whose closing
 # line ends the run.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest -q tests
+
+# Lint and format check (settings in pyproject.toml); `make export` formats.
+lint: $(STAMP)
+	$(BIN)/ruff check nbs sevdino tests tools
+	$(BIN)/ruff format --check nbs tests tools
 
 # Cells marked `#| slow` (real weights, real training) run only here.
 test-slow: $(STAMP)
@@ -31,6 +36,7 @@ test-slow: $(STAMP)
 # Before committing a notebook change: export the library, clean the notebooks, refresh the
 # README (from nbs/index.ipynb) and the docs sidebar.
 export: $(STAMP)
+	$(BIN)/ruff format nbs tests tools
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
 	$(BIN)/python tools/sync_readme.py
 	$(BIN)/python tools/sync_sidebar.py

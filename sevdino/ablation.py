@@ -36,37 +36,49 @@ ABLATION_AXES = {
     'families': (('hline',), ('hline', 'curve', 'cutpaste'), ('hline', 'curve', 'perlin', 'cutpaste')),
 }
 
+
 def value_label(value) -> str:
     "A short text for an axis value: 0.1, avg, 256x64 (layer sizes), hline+curve (families)."
     if isinstance(value, (tuple, list)):
         return '+'.join(value) if all(isinstance(v, str) for v in value) else 'x'.join(str(v) for v in value)
     return str(value)
 
-def _same(a, b) -> bool: return value_label(a) == value_label(b)
+
+def _same(a, b) -> bool:
+    return value_label(a) == value_label(b)
 
 # %% ../nbs/09_ablation.ipynb #29b4be63
-def _field_types() -> dict: return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+def _field_types() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
 
 def parse_axis(text: str) -> tuple:
     "('name', (values...)) from 'name=v1,v2' (or 'name=v1;v2'), values converted to the type of that `TrainConfig` setting."
     name, sep, values = text.partition('=')
     name = name.strip()
     defaults = _field_types()
-    if not sep or not values.strip(): raise ConfigError(f'--axis {text!r}: give NAME=VALUE1,VALUE2,...')
+    if not sep or not values.strip():
+        raise ConfigError(f'--axis {text!r}: give NAME=VALUE1,VALUE2,...')
     if name not in defaults or name in ('data', 'out', 'domain', 'seed'):
         raise ConfigError(f'--axis {text!r}: {name!r} is not a setting to ablate; e.g. {sorted(ABLATION_AXES)}')
     parts = [v.strip() for v in re.split(';' if ';' in values else ',', values) if v.strip()]
     default = defaults[name]
+
     def convert(part):
         try:
-            if isinstance(default, bool): return {'true': True, 'false': False}[part.lower()]
-            if isinstance(default, int): return int(part)
-            if isinstance(default, float): return float(part)
+            if isinstance(default, bool):
+                return {'true': True, 'false': False}[part.lower()]
+            if isinstance(default, int):
+                return int(part)
+            if isinstance(default, float):
+                return float(part)
             if isinstance(default, tuple):
                 items = re.split(r'[x+]', part)
                 return tuple(int(i) for i in items) if default and isinstance(default[0], int) else tuple(items)
             return part
-        except (ValueError, KeyError): raise ConfigError(f'--axis {text!r}: {part!r} is not a valid value for {name}') from None
+        except (ValueError, KeyError):
+            raise ConfigError(f'--axis {text!r}: {part!r} is not a valid value for {name}') from None
+
     return name, tuple(convert(p) for p in parts)
 
 # %% ../nbs/09_ablation.ipynb #f753adbc
@@ -74,43 +86,74 @@ def ablation_cells(base: TrainConfig, axes: dict | None = None, full: bool = Fal
     "{cell name: config overrides}: 'base' and one cell per axis value that differs from `base` (each axis on its own), or every combination when `full`."
     axes = ABLATION_AXES if axes is None else axes
     for axis, values in axes.items():
-        if not hasattr(base, axis): raise ConfigError(f'ablation axis {axis!r}: not a setting of a run')
-        if len(values) == 0: raise ConfigError(f'ablation axis {axis!r}: no values')
+        if not hasattr(base, axis):
+            raise ConfigError(f'ablation axis {axis!r}: not a setting of a run')
+        if len(values) == 0:
+            raise ConfigError(f'ablation axis {axis!r}: no values')
     cells = {'base': {}}
-    combos = itertools.product(*axes.values()) if full else (
-        tuple(value if a == axis else getattr(base, a) for a in axes) for axis, values in axes.items() for value in values)
+    combos = (
+        itertools.product(*axes.values())
+        if full
+        else (
+            tuple(value if a == axis else getattr(base, a) for a in axes)
+            for axis, values in axes.items()
+            for value in values
+        )
+    )
     for combo in combos:
         overrides = {a: v for a, v in zip(axes, combo) if not _same(v, getattr(base, a))}
         name = ','.join(f'{a}={value_label(v)}' for a, v in overrides.items()) or 'base'
         cells[name] = overrides
     for name, overrides in cells.items():
-        try: dataclasses.replace(base, **overrides).validate()
-        except ConfigError as e: raise ConfigError(f'ablation cell {name}: {e}') from None
+        try:
+            dataclasses.replace(base, **overrides).validate()
+        except ConfigError as e:
+            raise ConfigError(f'ablation cell {name}: {e}') from None
     return cells
 
 # %% ../nbs/09_ablation.ipynb #a4a0c5b9
 RESULT_FILE = 'result.json'
 
+
 def scalar_metrics(metrics: dict) -> dict:
     "The numeric entries of a `metrics.json` (per-level and per-defect tables and texts left out)."
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+
 def run_cell(config: TrainConfig, eval_domains=None, progress: bool = False, train=fit, evaluate=evaluate_run) -> list:
     "Train (or resume) and evaluate one run; returns one dict of scalar metrics per evaluated domain, cached in `RUN/result.json`."
     run = Path(config.out)
-    if (run / RESULT_FILE).exists(): return json.loads((run / RESULT_FILE).read_text())['rows']
+    if (run / RESULT_FILE).exists():
+        return json.loads((run / RESULT_FILE).read_text())['rows']
     if not (run / 'model.safetensors').exists():
         train(config, resume=(run / 'config.json').exists(), progress=progress)
-    rows = [{'domain': domain if domain is not None else '', **scalar_metrics(evaluate(run, config.data, domain=domain, progress=progress))}
-            for domain in (eval_domains or [config.domain])]
-    atomic_write_text(run / RESULT_FILE, json.dumps({'config': config.to_dict(), 'rows': rows}, indent=1, allow_nan=True))
+    rows = [
+        {
+            'domain': domain if domain is not None else '',
+            **scalar_metrics(evaluate(run, config.data, domain=domain, progress=progress)),
+        }
+        for domain in (eval_domains or [config.domain])
+    ]
+    atomic_write_text(
+        run / RESULT_FILE, json.dumps({'config': config.to_dict(), 'rows': rows}, indent=1, allow_nan=True)
+    )
     return rows
 
 # %% ../nbs/09_ablation.ipynb #878b014c
-def _folder_name(cell: str) -> str: return re.sub(r'[^A-Za-z0-9._=+,-]', '_', cell)
+def _folder_name(cell: str) -> str:
+    return re.sub(r'[^A-Za-z0-9._=+,-]', '_', cell)
 
-def run_grid(base: TrainConfig, cells: dict, out, seeds=(0,), eval_domains=None, progress: bool = True,
-             train=fit, evaluate=evaluate_run) -> pd.DataFrame:
+
+def run_grid(
+    base: TrainConfig,
+    cells: dict,
+    out,
+    seeds=(0,),
+    eval_domains=None,
+    progress: bool = True,
+    train=fit,
+    evaluate=evaluate_run,
+) -> pd.DataFrame:
     "Train and evaluate every (cell, seed) under `out/runs/`, skipping finished runs; returns (and writes `out/results.csv`) one row per run and domain."
     out = Path(out)
     axes = sorted({axis for overrides in cells.values() for axis in overrides})
@@ -118,13 +161,26 @@ def run_grid(base: TrainConfig, cells: dict, out, seeds=(0,), eval_domains=None,
     for name, overrides in cells.items():
         for seed in seeds:
             run = out / 'runs' / _folder_name(name) / f'seed-{seed}'
-            try: plan[name, seed] = dataclasses.replace(base, **overrides, seed=seed, out=str(run)).validate()
-            except ConfigError as e: raise ConfigError(f'ablation cell {name}: {e}') from None
-    atomic_write_text(out / 'plan.json', json.dumps({'base': base.to_dict(), 'cells': {n: {k: value_label(v) for k, v in o.items()} for n, o in cells.items()},
-                                                     'seeds': list(seeds), 'eval_domains': eval_domains}, indent=1))
+            try:
+                plan[name, seed] = dataclasses.replace(base, **overrides, seed=seed, out=str(run)).validate()
+            except ConfigError as e:
+                raise ConfigError(f'ablation cell {name}: {e}') from None
+    atomic_write_text(
+        out / 'plan.json',
+        json.dumps(
+            {
+                'base': base.to_dict(),
+                'cells': {n: {k: value_label(v) for k, v in o.items()} for n, o in cells.items()},
+                'seeds': list(seeds),
+                'eval_domains': eval_domains,
+            },
+            indent=1,
+        ),
+    )
     rows = []
     for i, ((name, seed), config) in enumerate(plan.items()):
-        if progress: print(f'[{i + 1}/{len(plan)}] {name} seed {seed}', flush=True)
+        if progress:
+            print(f'[{i + 1}/{len(plan)}] {name} seed {seed}', flush=True)
         effective = {f'axis:{a}': value_label(getattr(config, a)) for a in axes}
         for row in run_cell(config, eval_domains, progress, train, evaluate):
             rows.append({'cell': name, 'seed': seed, **effective, **row})
@@ -133,8 +189,17 @@ def run_grid(base: TrainConfig, cells: dict, out, seeds=(0,), eval_domains=None,
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_ablation.ipynb #9eea4d7a
-SUMMARY_METRICS = ('image_auroc', 'pixel_auroc', 'pixel_aupro', 'severity_spearman', 'heldout_severity_spearman',
-                   'severity_mae', 'score_truth_spearman', 'c_index')
+SUMMARY_METRICS = (
+    'image_auroc',
+    'pixel_auroc',
+    'pixel_aupro',
+    'severity_spearman',
+    'heldout_severity_spearman',
+    'severity_mae',
+    'score_truth_spearman',
+    'c_index',
+)
+
 
 def summarize(results: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     "Per (cell, domain): `<metric>_mean`, `<metric>_std` (over seeds) and `n_seeds`, cells in plan order."
@@ -148,13 +213,18 @@ def summarize(results: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
 # %% ../nbs/09_ablation.ipynb #4c5868f7
 LOWER_IS_BETTER = ('severity_mae', 'severity_mse')
 
+
 def ablation_markdown(summary: pd.DataFrame, metrics=SUMMARY_METRICS) -> str:
     "Markdown tables (one per domain) of mean ± sd per cell and metric, best mean in bold."
     metrics = [m for m in metrics if f'{m}_mean' in summary.columns and summary[f'{m}_mean'].notna().any()]
     lines = []
     for domain, part in summary.groupby('domain', sort=False):
-        lines += [f'### Evaluated on {domain}' if domain else '### Evaluation', '',
-                  '| cell | seeds | ' + ' | '.join(metrics) + ' |', '|---|---|' + '---|' * len(metrics)]
+        lines += [
+            f'### Evaluated on {domain}' if domain else '### Evaluation',
+            '',
+            '| cell | seeds | ' + ' | '.join(metrics) + ' |',
+            '|---|---|' + '---|' * len(metrics),
+        ]
         best = {m: (part[f'{m}_mean'].min() if m in LOWER_IS_BETTER else part[f'{m}_mean'].max()) for m in metrics}
         for _, r in part.iterrows():
             cells = []
@@ -176,10 +246,14 @@ def plot_heatmap(summary: pd.DataFrame, domain, metrics=SUMMARY_METRICS) -> Figu
     fig = Figure(figsize=(1.1 * len(metrics) + 2.5, 0.45 * len(means) + 1.6), dpi=FIGURE_DPI, layout='constrained')
     ax = fig.subplots()
     sns.heatmap(colour, annot=means.round(3), fmt='', cmap='viridis', cbar=False, ax=ax, linewidths=0.5)
-    ax.set_title(f'Ablation, evaluated on {domain} (colour: rank within each metric; numbers: mean over seeds)', fontsize=9)
-    ax.set_xlabel(''); ax.set_ylabel('')
+    ax.set_title(
+        f'Ablation, evaluated on {domain} (colour: rank within each metric; numbers: mean over seeds)', fontsize=9
+    )
+    ax.set_xlabel('')
+    ax.set_ylabel('')
     ax.tick_params(axis='x', labelrotation=30)
     return fig
+
 
 def plot_axis(results: pd.DataFrame, axis: str, metrics=('severity_spearman', 'image_auroc'), order=None) -> Figure:
     "Mean ± sd over seeds of `metrics` against the values of one axis (base cell + the cells that change only that axis), one line per domain."
@@ -188,10 +262,21 @@ def plot_axis(results: pd.DataFrame, axis: str, metrics=('severity_spearman', 'i
     metrics = [m for m in metrics if m in rows.columns and rows[m].notna().any()]
     fig = Figure(figsize=(3.6 * len(metrics), 3.0), dpi=FIGURE_DPI, layout='constrained')
     for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
-        sns.pointplot(data=rows, x=column, y=metric, hue='domain', order=order, errorbar='sd', ax=ax, markersize=4,
-                      dodge=0.2 if rows.domain.nunique() > 1 else False)  # seaborn divides by (hues - 1)
-        ax.set_xlabel(axis); ax.set_title(metric, fontsize=9)
+        sns.pointplot(
+            data=rows,
+            x=column,
+            y=metric,
+            hue='domain',
+            order=order,
+            errorbar='sd',
+            ax=ax,
+            markersize=4,
+            dodge=0.2 if rows.domain.nunique() > 1 else False,
+        )  # seaborn divides by (hues - 1)
+        ax.set_xlabel(axis)
+        ax.set_title(metric, fontsize=9)
     return fig
+
 
 def plot_grid(summary_rows: pd.DataFrame, x: str, y: str, metric: str = 'severity_spearman') -> Figure:
     "Heat map of a metric's mean over a two-axis full grid (rows `y`, columns `x`)."
@@ -203,8 +288,18 @@ def plot_grid(summary_rows: pd.DataFrame, x: str, y: str, metric: str = 'severit
     return fig
 
 # %% ../nbs/09_ablation.ipynb #4cd47203
-def ablate(base: TrainConfig, out, axes: dict | None = None, full: bool = False, seeds=(0, 1), eval_domains=None,
-           metrics=SUMMARY_METRICS, progress: bool = True, train=fit, evaluate=evaluate_run) -> dict:
+def ablate(
+    base: TrainConfig,
+    out,
+    axes: dict | None = None,
+    full: bool = False,
+    seeds=(0, 1),
+    eval_domains=None,
+    metrics=SUMMARY_METRICS,
+    progress: bool = True,
+    train=fit,
+    evaluate=evaluate_run,
+) -> dict:
     "Run (or resume) an ablation into `out`; returns the paths of `results.csv`, `summary.csv`, `ablation.md` and the figures."
     out = Path(out)
     cells = ablation_cells(base, axes, full)
@@ -213,22 +308,33 @@ def ablate(base: TrainConfig, out, axes: dict | None = None, full: bool = False,
     atomic_write(out / 'summary.csv', lambda tmp: summary.to_csv(tmp, index=False))
     figures = out / 'figures'
     paths = {'results': out / 'results.csv', 'summary': out / 'summary.csv', 'figures': []}
+
     def save(fig, name):
         path = atomic_write(figures / name, lambda tmp: fig.savefig(tmp, format='png', dpi=FIGURE_DPI))
-        paths['figures'].append(path); return path
-    for domain in summary.domain.unique(): save(plot_heatmap(summary, domain, metrics), f'heatmap_{_folder_name(str(domain) or "all")}.png')
+        paths['figures'].append(path)
+        return path
+
+    for domain in summary.domain.unique():
+        save(plot_heatmap(summary, domain, metrics), f'heatmap_{_folder_name(str(domain) or "all")}.png')
     ablated = sorted({a for o in cells.values() for a in o})
     if not full:
         for axis in ablated:
             order = [value_label(v) for v in (axes or ABLATION_AXES)[axis]]
-            if value_label(getattr(base, axis)) not in order: order = [value_label(getattr(base, axis))] + order
+            if value_label(getattr(base, axis)) not in order:
+                order = [value_label(getattr(base, axis))] + order
             save(plot_axis(results, axis, order=order), f'axis_{axis}.png')
     elif len(ablated) == 2:
         for metric in metrics:
-            if metric in results and results[metric].notna().any(): save(plot_grid(results, *ablated, metric), f'grid_{metric}.png')
-    lines = [f'# Ablation: {len(cells)} cells x {len(seeds)} seeds', '',
-             f'Base: model `{base.model}`, data `{base.data}` (domain {base.domain}), {base.steps} steps, image size {tuple(base.image_size)}, '
-             f'seeds {list(seeds)}. Each number is the mean ± standard deviation over seeds.', '', ablation_markdown(summary, metrics)]
+            if metric in results and results[metric].notna().any():
+                save(plot_grid(results, *ablated, metric), f'grid_{metric}.png')
+    lines = [
+        f'# Ablation: {len(cells)} cells x {len(seeds)} seeds',
+        '',
+        f'Base: model `{base.model}`, data `{base.data}` (domain {base.domain}), {base.steps} steps, image size {tuple(base.image_size)}, '
+        f'seeds {list(seeds)}. Each number is the mean ± standard deviation over seeds.',
+        '',
+        ablation_markdown(summary, metrics),
+    ]
     lines += [f'![{p.stem}](figures/{p.name})' for p in paths['figures']]
     paths['report'] = atomic_write_text(out / 'ablation.md', '\n'.join(lines) + '\n')
     return paths

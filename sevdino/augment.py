@@ -28,18 +28,24 @@ def _check_images(images, where):
     if not images.is_floating_point():
         raise ValueError(f'{where}: images must be float in [0, 1], got dtype {images.dtype}')
     if images.numel() and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
-        raise ValueError(f'{where}: images must lie in [0, 1], got values in '
-                         f'[{float(images.min()):.4g}, {float(images.max()):.4g}]')
+        raise ValueError(
+            f'{where}: images must lie in [0, 1], got values in [{float(images.min()):.4g}, {float(images.max()):.4g}]'
+        )
+
 
 def _as_severity(severity, batch_size, where):
     "The requested severities as a float32 (B,) CPU tensor; a number is used for every image."
     s = torch.as_tensor(severity, dtype=torch.float32).detach().cpu()
-    if s.ndim == 0: s = s.expand(batch_size)
+    if s.ndim == 0:
+        s = s.expand(batch_size)
     if s.shape != (batch_size,):
-        raise ValueError(f'{where}: severity must be a number or have shape ({batch_size},), got shape {tuple(s.shape)}')
+        raise ValueError(
+            f'{where}: severity must be a number or have shape ({batch_size},), got shape {tuple(s.shape)}'
+        )
     if torch.isnan(s).any() or (s < 0).any():
         raise ValueError(f'{where}: severity must be >= 0 and not NaN, got {s.tolist()}')
     return s.clone()
+
 
 def _uniform(generator, *shape):
     "Uniform [0, 1) numbers drawn on the CPU from `generator` (torch's global RNG when None), so a seed gives the same faults on any device."
@@ -57,10 +63,12 @@ def _calibrate_amplitude(clean, drive, severity, max_amplitude=1.0, steps=10, to
         realised = 100 * torch.minimum(moved, room).flatten(1).mean(1)
         short = target - realised
         slope = 100 * (speed * (moved < room)).flatten(1).mean(1)
-        if not ((short > tol) & (slope > 0) & (amplitude < max_amplitude)).any(): break
+        if not ((short > tol) & (slope > 0) & (amplitude < max_amplitude)).any():
+            break
         step = torch.where(slope > 0, short.clamp_min(0) / slope.clamp_min(1e-12), torch.zeros_like(slope))
         amplitude = (amplitude + step).clamp(0, max_amplitude)
     return amplitude
+
 
 def _apply(images, profile, direction, severity, max_amplitude=1.0):
     "Faulty images, masks and realised severities for a fault shape `profile` (B,1,H,W) pushed along `direction` (B,C,H,W)."
@@ -73,9 +81,10 @@ def _apply(images, profile, direction, severity, max_amplitude=1.0):
     return faulty, masks, realised
 
 # %% ../nbs/02_augment.ipynb #e74deef3
-MAX_LINES = 8           # lines drawn at most (count reaches it at s = 17.5)
-LINE_DIM = 0.3          # the seed's broken lines: a segment at 30 % of the line's brightness ...
-LINE_BREAK_PROB = 0.3   # ... on 30 % of the lines
+MAX_LINES = 8  # lines drawn at most (count reaches it at s = 17.5)
+LINE_DIM = 0.3  # the seed's broken lines: a segment at 30 % of the line's brightness ...
+LINE_BREAK_PROB = 0.3  # ... on 30 % of the lines
+
 
 def line_schedule(severity):
     """Line count and thickness (a fraction of the image height) for requested severities `s`:
@@ -92,6 +101,7 @@ def _line_direction(images):
     down = 1 - up
     darken = (up < 0.25) & (down > up)
     return torch.where(darken, -1.0, 1.0), torch.where(darken, down, up)
+
 
 def _line_profile(images, severity, generator, curved, room):
     "Line shapes (B,1,H,W) in {0, LINE_DIM, 1} for requested severities (B,); `room` (B,): the mean room the lines can brighten (or darken) into."
@@ -118,13 +128,18 @@ def _line_profile(images, severity, generator, curved, room):
     xs = torch.arange(W, dtype=torch.float32)[None, :] + 0.5
     profile = torch.zeros(B, H, W)
     for k in range(MAX_LINES):  # a few lines, each vectorised over the batch
-        if not (extent[:, k] > 0).any(): break
+        if not (extent[:, k] > 0).any():
+            break
         if curved:
             t = xs / W - 0.5
             angle = 2 * math.pi * freq[:, k, None] * (t + 0.5) + phase[:, k, None]
-            yc = (0.15 + 0.7 * (strip[:, k, None] + u_y[:, k, None]) / MAX_LINES) * H + travel[:, k, None] * t + bend[:, k, None] * torch.sin(angle)
+            yc = (
+                (0.15 + 0.7 * (strip[:, k, None] + u_y[:, k, None]) / MAX_LINES) * H
+                + travel[:, k, None] * t
+                + bend[:, k, None] * torch.sin(angle)
+            )
             slope = travel[:, k, None] / W + bend[:, k, None] * 2 * math.pi * freq[:, k, None] / W * torch.cos(angle)
-            half = thick_px[:, None] * torch.sqrt(1 + slope ** 2) / 2
+            half = thick_px[:, None] * torch.sqrt(1 + slope**2) / 2
         else:
             strip_h = H / MAX_LINES
             yc = (strip[:, k] * strip_h + thick_px / 2 + u_y[:, k] * (strip_h - thick_px))[:, None].expand(B, W)
@@ -149,6 +164,7 @@ def hline(images, severity, generator=None):
     profile = _line_profile(images, s, generator, curved=False, room=room)
     return _apply(images, profile, direction.to(images.device)[:, None, None, None].expand_as(profile), s)
 
+
 def curve(images, severity, generator=None):
     """Diagonal and gently curved bright lines: `hline`'s schedule, with a random slope (up to 0.8 of the
     height across the width) and a sine bend (up to 0.15 of the height). Returns `(faulty, masks, realised_severity)`."""
@@ -161,9 +177,11 @@ def curve(images, severity, generator=None):
 # %% ../nbs/02_augment.ipynb #33369216
 MAX_AREA = 0.6  # blobs and patches cover at most this share of the image
 
+
 def _planned_opacity(severity):
     "The opacity a blended fault is planned at: 0.2 + 0.06 s (DRAEM's 0.2 .. 0.8 over s in [0, 10])."
     return (0.2 + 0.06 * torch.as_tensor(severity, dtype=torch.float32)).clamp(max=1.0)
+
 
 def _area_for(severity, contrast):
     "Area share that realises `severity` at the planned opacity, given the source's mean contrast to the image."
@@ -178,10 +196,14 @@ def _bank_stack(size=256):
         texture = texture.float()
         h, w = texture.shape[-2:]
         side = min(h, w)
-        texture = texture[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-        squares.append(F.interpolate(texture[None], size=(size, size), mode='bilinear', antialias=True, align_corners=False)[0])
-    if not squares: raise ValueError('perlin: texture_bank() is empty; pass textures="batch" or a tensor')
+        texture = texture[:, (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+        squares.append(
+            F.interpolate(texture[None], size=(size, size), mode='bilinear', antialias=True, align_corners=False)[0]
+        )
+    if not squares:
+        raise ValueError('perlin: texture_bank() is empty; pass textures="batch" or a tensor')
     return torch.stack(squares).clamp(0, 1)
+
 
 def _intensity_offset(images, generator):
     "A signed offset (B,) of 0.15 .. 0.45, brighter or darker at random, but towards the side where the image's mean has room."
@@ -192,9 +214,11 @@ def _intensity_offset(images, generator):
     sign = torch.where(((mean + sign * size) < 0.05) | ((mean + sign * size) > 0.95), -sign, sign)
     return (sign * size).to(images.device)
 
+
 def _is_grey(images):
     "(B,) True where all channels of an image are equal (a grey image, e.g. a health map)."
     return (images.amax(1) - images.amin(1)).flatten(1).amax(1) < 1e-6
+
 
 def _foreign_textures(images, textures, generator):
     "A foreign source image (B,C,H,W) per image: a random crop of a bank texture, or another image of the batch."
@@ -217,19 +241,30 @@ def _foreign_textures(images, textures, generator):
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = fx * flip, tx, fy, ty
     grid = F.affine_grid(theta, (B, 3, H, W), align_corners=False).to(images.device)
-    tex = F.grid_sample(stack[pick].to(images.device), grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    tex = F.grid_sample(
+        stack[pick].to(images.device), grid, mode='bilinear', padding_mode='reflection', align_corners=False
+    )
     grey = tex.mean(1, keepdim=True)
-    tex = grey.expand(B, C, H, W) if C != 3 else torch.where(_is_grey(images)[:, None, None, None], grey.expand_as(tex), tex)
+    tex = (
+        grey.expand(B, C, H, W)
+        if C != 3
+        else torch.where(_is_grey(images)[:, None, None, None], grey.expand_as(tex), tex)
+    )
     stretch = (1 + _uniform(generator, B))[:, None, None, None].to(tex.device)
     level = images.float().mean((1, 2, 3)) + _intensity_offset(images, generator)
-    return ((tex - tex.mean((1, 2, 3), keepdim=True)) * stretch + level.clamp(0.05, 0.95)[:, None, None, None]).clamp(0, 1)
+    return ((tex - tex.mean((1, 2, 3), keepdim=True)) * stretch + level.clamp(0.05, 0.95)[:, None, None, None]).clamp(
+        0, 1
+    )
+
 
 def _perlin_res(generator, H, W):
     "Perlin grid cells (ry, rx): 1, 2 or 4 along each side, times the aspect ratio along the longer one."
     a, b = (_uniform(generator, 2) * 3).long().tolist()
-    ry, rx = 2 ** a, 2 ** b
-    if W >= H: rx *= max(1, round(W / H))
-    else: ry *= max(1, round(H / W))
+    ry, rx = 2**a, 2**b
+    if W >= H:
+        rx *= max(1, round(W / H))
+    else:
+        ry *= max(1, round(H / W))
     return min(ry, H), min(rx, W)
 
 # %% ../nbs/02_augment.ipynb #81e9f543
@@ -252,6 +287,7 @@ def perlin(images, severity, generator=None, textures='bank'):
     profile = (noise >= threshold[:, :, None]).float()[:, None]
     return _apply(images, profile, source - clean, s)
 
+
 def cutpaste(images, severity, generator=None):
     """The user's DRAEM-SevNet fault: a rectangle of the image replaced by content cut from elsewhere in the same
     image (a random shift), made 0.15..0.45 brighter or darker, and blended in with an intensity factor (opacity)
@@ -267,7 +303,9 @@ def cutpaste(images, severity, generator=None):
     rows = ((torch.arange(H)[None] + shift_y[:, None]) % H).to(dev)
     cols = ((torch.arange(W)[None] + shift_x[:, None]) % W).to(dev)
     clean = images.float()
-    moved = clean.gather(2, rows[:, None, :, None].expand(B, C, H, W)).gather(3, cols[:, None, None, :].expand(B, C, H, W))
+    moved = clean.gather(2, rows[:, None, :, None].expand(B, C, H, W)).gather(
+        3, cols[:, None, None, :].expand(B, C, H, W)
+    )
     source = (moved + _intensity_offset(images, generator)[:, None, None, None]).clamp(0, 1)
     area = _area_for(s, (source - clean).abs().flatten(1).mean(1).cpu())
     ph, pw = torch.sqrt(area / aspect).clamp(1 / H, 1), torch.sqrt(area * aspect).clamp(1 / W, 1)
@@ -284,18 +322,22 @@ FAULT_FAMILIES = {'hline': hline, 'curve': curve, 'perlin': perlin, 'cutpaste': 
 # %% ../nbs/02_augment.ipynb #7a0761bc
 def _family(family, where):
     "The generator for a family name (or a generator given directly)."
-    if callable(family): return family
+    if callable(family):
+        return family
     if family not in FAULT_FAMILIES:
         raise ValueError(f'{where}: unknown fault family {family!r}; choose from {sorted(FAULT_FAMILIES)}')
     return FAULT_FAMILIES[family]
+
 
 def augment_with_severity(image, max_severity=10.0, family='hline', return_mask=False, generator=None):
     """The seed's augmentation: a fault of `family` (default the seed's horizontal lines) at a severity drawn from
     U(0, max_severity), on one image (C,H,W) or a batch (B,C,H,W) in [0, 1]. Returns `(image, severity)` with the
     realised severity (a float for one image, a (B,) tensor for a batch), or `(image, mask, severity)` with `return_mask`."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f'augment_with_severity: image must be a (C, H, W) or (B, C, H, W) tensor, got '
-                         f'{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}')
+        raise ValueError(
+            f'augment_with_severity: image must be a (C, H, W) or (B, C, H, W) tensor, got '
+            f'{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}'
+        )
     if not (max_severity >= 0):
         raise ValueError(f'augment_with_severity: max_severity must be >= 0, got {max_severity}')
     fault = _family(family, 'augment_with_severity')
@@ -303,30 +345,41 @@ def augment_with_severity(image, max_severity=10.0, family='hline', return_mask=
     batch = image[None] if single else image
     requested = _uniform(generator, batch.shape[0]) * float(max_severity)
     faulty, mask, severity = fault(batch, requested, generator=generator)
-    if single: faulty, mask, severity = faulty[0], mask[0], float(severity[0])
+    if single:
+        faulty, mask, severity = faulty[0], mask[0], float(severity[0])
     return (faulty, mask, severity) if return_mask else (faulty, severity)
 
 # %% ../nbs/02_augment.ipynb #1ba132e9
 def augmented_count(batch_size, aug_ratio):
     "How many of `batch_size` images `create_severity_training_batch` augments: `round(B * aug_ratio)` (halves up), at least 1 when `aug_ratio > 0`, at most `B - 1` when `aug_ratio < 1` and `B >= 2`."
-    if not 0 <= aug_ratio <= 1: raise ValueError(f'create_severity_training_batch: aug_ratio must be in [0, 1], got {aug_ratio}')
+    if not 0 <= aug_ratio <= 1:
+        raise ValueError(f'create_severity_training_batch: aug_ratio must be in [0, 1], got {aug_ratio}')
     n = math.floor(batch_size * aug_ratio + 0.5)
-    if aug_ratio > 0: n = max(n, 1)
-    if aug_ratio < 1 and batch_size >= 2: n = min(n, batch_size - 1)
+    if aug_ratio > 0:
+        n = max(n, 1)
+    if aug_ratio < 1 and batch_size >= 2:
+        n = min(n, batch_size - 1)
     return min(n, batch_size)
 
 # %% ../nbs/02_augment.ipynb #23c92d65
-def create_severity_training_batch(batch, aug_ratio=0.3, max_severity=10.0, families=('hline',), generator=None, return_details=False):
+def create_severity_training_batch(
+    batch, aug_ratio=0.3, max_severity=10.0, families=('hline',), generator=None, return_details=False
+):
     """Augment a random share of `batch` (B,C,H,W) in [0, 1] (see `augmented_count`) with faults of `families`
     (names of `FAULT_FAMILIES`, or 'all'; one drawn per image) at severities from U(0, max_severity).
     Returns new tensors `(images, severity_targets (B,))`, targets the realised severity and 0 for clean images;
     with `return_details` also `masks (B,1,H,W)` and `augmented (B,)` bool. The caller's batch is left untouched."""
     _check_images(batch, 'create_severity_training_batch')
-    families = tuple(FAULT_FAMILIES) if families == 'all' else ((families,) if isinstance(families, str) or callable(families) else tuple(families))
-    if not families: raise ValueError('create_severity_training_batch: families is empty')
+    families = (
+        tuple(FAULT_FAMILIES)
+        if families == 'all'
+        else ((families,) if isinstance(families, str) or callable(families) else tuple(families))
+    )
+    if not families:
+        raise ValueError('create_severity_training_batch: families is empty')
     faults = [_family(f, 'create_severity_training_batch') for f in families]
     B, _, H, W = batch.shape
-    chosen = _uniform(generator, B).argsort()[:augmented_count(B, aug_ratio)]
+    chosen = _uniform(generator, B).argsort()[: augmented_count(B, aug_ratio)]
     family_of = (_uniform(generator, len(chosen)) * len(faults)).long().clamp(max=len(faults) - 1)
     requested = _uniform(generator, len(chosen)) * float(max_severity)
     images = batch.clone()
@@ -334,7 +387,8 @@ def create_severity_training_batch(batch, aug_ratio=0.3, max_severity=10.0, fami
     masks = torch.zeros(B, 1, H, W, device=batch.device)
     for k, fault in enumerate(faults):  # one vectorised call per family
         rows = chosen[family_of == k]
-        if len(rows) == 0: continue
+        if len(rows) == 0:
+            continue
         faulty, mask, realised = fault(batch[rows.to(batch.device)], requested[family_of == k], generator=generator)
         images[rows], masks[rows], targets[rows] = faulty, mask, realised.to(batch.device)
     augmented = torch.zeros(B, dtype=torch.bool, device=batch.device)

@@ -27,35 +27,61 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # %% ../nbs/13_bench.ipynb #66fa93a2
-from .train import ConfigError, TrainConfig, autocast, parse_image_size, bf16_is_fast, build_model, make_optimizer, step_losses
+from sevdino.train import (
+    ConfigError,
+    TrainConfig,
+    autocast,
+    parse_image_size,
+    bf16_is_fast,
+    build_model,
+    make_optimizer,
+    step_losses,
+)
 
 # %% ../nbs/13_bench.ipynb #69a7e35c
 def _cpu_model() -> str:
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
+
 def _load_average():
-    try: return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError): return None
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
 
 def machine_info(device='cpu') -> dict:
     "What speed figures depend on: CPU model, cores and torch threads, vector extensions, native bf16, the device (and GPU name), versions, the 1-minute load average."
     device = torch.device(device)
-    info = dict(cpu=_cpu_model(), cpu_cores=os.cpu_count(), threads=torch.get_num_threads(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(), device=str(device),
-                bf16_native=bool(bf16_is_fast(device)), torch=torch.__version__, timm=timm.__version__,
-                python=platform.python_version(), load_average=_load_average())
-    if device.type == 'cuda': info['gpu'] = torch.cuda.get_device_name(device)
+    info = dict(
+        cpu=_cpu_model(),
+        cpu_cores=os.cpu_count(),
+        threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        device=str(device),
+        bf16_native=bool(bf16_is_fast(device)),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        python=platform.python_version(),
+        load_average=_load_average(),
+    )
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
     return info
 
 # %% ../nbs/13_bench.ipynb #4a5f6d44
 def synchronize(device) -> None:
     "Wait for the work queued on `device` (nothing to wait for on a CPU)."
     device = torch.device(device)
-    if device.type == 'cuda': torch.cuda.synchronize(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
 
 def time_calls(calls: dict, warmup: int = 2, repeats: int = 5, device='cpu') -> dict:
     "Seconds of each of `calls` (name -> function of no argument): `warmup` untimed rounds, then `repeats` timed rounds, the functions interleaved in each round."
@@ -68,32 +94,39 @@ def time_calls(calls: dict, warmup: int = 2, repeats: int = 5, device='cpu') -> 
             start = time.perf_counter()
             call()
             synchronize(device)
-            if round_ >= warmup: seconds[name].append(time.perf_counter() - start)
+            if round_ >= warmup:
+                seconds[name].append(time.perf_counter() - start)
     return seconds
 
 # %% ../nbs/13_bench.ipynb #42847c21
 PRECISION_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 BENCH_PRECISIONS = tuple(PRECISION_DTYPES)
 
-def matmul_peak_gflops(precision: str = 'fp32', device='cpu', size: int = None, warmup: int = 2, repeats: int = 5) -> float:
+
+def matmul_peak_gflops(
+    precision: str = 'fp32', device='cpu', size: int = None, warmup: int = 2, repeats: int = 5
+) -> float:
     "Measured speed in GFLOP/s of one `size` x `size` matrix product (default 2048 on a CPU, 8192 on a GPU) in `precision` ('fp32' or 'bf16'): `2 size^3` over the median time."
-    if precision not in PRECISION_DTYPES: raise ConfigError(f'precision {precision!r}: use one of {BENCH_PRECISIONS}')
+    if precision not in PRECISION_DTYPES:
+        raise ConfigError(f'precision {precision!r}: use one of {BENCH_PRECISIONS}')
     device = torch.device(device)
     size = size or (8192 if device.type == 'cuda' else 2048)
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(device, PRECISION_DTYPES[precision]) for _ in range(2))
     out = torch.empty_like(a)
     seconds = time_calls({'matmul': lambda: torch.mm(a, b, out=out)}, warmup, repeats, device)['matmul']
-    return 2 * size ** 3 / statistics.median(seconds) / 1e9
+    return 2 * size**3 / statistics.median(seconds) / 1e9
 
 # %% ../nbs/13_bench.ipynb #a01232b0
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
+
 def _extra_flop_formulas() -> dict:
     "Formulas for kernels torch's counter misses: fused attention on the CPU."
     op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
     return {op: _sdpa_flops} if op is not None else {}
+
 
 def count_flops(fn, *args, **kwargs) -> int:
     "Floating-point operations (a multiply-add counts 2) of the matrix products, convolutions and attention that `fn(*args, **kwargs)` runs, counted by torch's `FlopCounterMode`."
@@ -105,24 +138,37 @@ def count_flops(fn, *args, **kwargs) -> int:
 BENCH_MODELS = ('dinomaly', 'severity-dinomaly')
 MODEL_LABELS = {'dinomaly': 'Dinomaly', 'severity-dinomaly': 'SeverityDinomaly'}
 
-def bench_config(model: str = 'severity-dinomaly', encoder: str = 'vit_small_patch14_dinov2', image_size=(224, 224),
-                 batch_size: int = 8, weights='none', precision: str = 'fp32') -> TrainConfig:
+
+def bench_config(
+    model: str = 'severity-dinomaly',
+    encoder: str = 'vit_small_patch14_dinov2',
+    image_size=(224, 224),
+    batch_size: int = 8,
+    weights='none',
+    precision: str = 'fp32',
+) -> TrainConfig:
     "The training configuration a benchmark measures: the library's defaults for `model`, with the benchmark's encoder, image size (int or (h, w)), batch, weights and precision."
-    if model not in BENCH_MODELS: raise ConfigError(f'model {model!r}: the benchmark measures {BENCH_MODELS}')
-    if precision not in BENCH_PRECISIONS: raise ConfigError(f'precision {precision!r}: use one of {BENCH_PRECISIONS}')
+    if model not in BENCH_MODELS:
+        raise ConfigError(f'model {model!r}: the benchmark measures {BENCH_MODELS}')
+    if precision not in BENCH_PRECISIONS:
+        raise ConfigError(f'precision {precision!r}: use one of {BENCH_PRECISIONS}')
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    return TrainConfig(model=model, encoder=encoder, weights=str(weights), image_size=size, batch_size=batch_size,
-                       precision=precision).validate()
+    return TrainConfig(
+        model=model, encoder=encoder, weights=str(weights), image_size=size, batch_size=batch_size, precision=precision
+    ).validate()
+
 
 def bench_model(config: TrainConfig, device='cpu') -> torch.nn.Module:
     "The model of `config` on `device`; when `config.precision` is 'bf16' its frozen encoder keeps bf16 weights."
     model = build_model(config).to(device)
-    if config.precision == 'bf16': model.encoder.set_dtype('bf16')
+    if config.precision == 'bf16':
+        model.encoder.set_dtype('bf16')
     return model
 
 # %% ../nbs/13_bench.ipynb #1de81fa4
 class TrainingRun:
     "A model of `config`, its optimiser and schedule (as `fit` makes them) and one batch of random images, ready to take training steps."
+
     def __init__(self, config: TrainConfig, device='cpu'):
         self.config, self.device = config, torch.device(device)
         self.model = bench_model(config, self.device).train()
@@ -135,13 +181,21 @@ class TrainingRun:
     def step(self) -> float:
         "One training step as `fit` takes it: faults, forward under autocast and losses (`step_losses`), backward, gradient clipping, optimiser and schedule steps. Returns the loss."
         step = self.steps_taken
-        losses = step_losses(self.model, self.config, self.images, step, torch.Generator().manual_seed(step),
-                             self.config.precision, self.device)
+        losses = step_losses(
+            self.model,
+            self.config,
+            self.images,
+            step,
+            torch.Generator().manual_seed(step),
+            self.config.precision,
+            self.device,
+        )
         loss = losses['loss'].float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step(); self.scheduler.step()
+        self.optimizer.step()
+        self.scheduler.step()
         self.steps_taken += 1
         return loss.item()
 
@@ -150,45 +204,67 @@ def model_flops(config: TrainConfig, device='cpu', train: bool = True) -> dict:
     "FLOPs per image of `config`'s model, counted in fp32: 'inference' (`predict` of one image) and, with `train`, 'train' (one training step over the batch, divided by the batch)."
     run = TrainingRun(dataclasses.replace(config, precision='fp32'), device)
     out = dict(inference=count_flops(run.model.predict, run.images[:1].to(run.device)))
-    if train: out['train'] = count_flops(run.step) / config.batch_size
+    if train:
+        out['train'] = count_flops(run.step) / config.batch_size
     return out
 
 # %% ../nbs/13_bench.ipynb #60160706
-def measure_inference(models: dict, images: torch.Tensor, precision: str = 'fp32', warmup: int = 2, repeats: int = 5) -> dict:
+def measure_inference(
+    models: dict, images: torch.Tensor, precision: str = 'fp32', warmup: int = 2, repeats: int = 5
+) -> dict:
     "Seconds per `model.predict(images)` under `precision`'s autocast, for each of `models` (name -> model), timed interleaved."
     device = images.device
+
     def predicting(model):
         model.eval()
+
         def call():
-            with autocast(precision, device): return model.predict(images)
+            with autocast(precision, device):
+                return model.predict(images)
+
         return call
+
     return time_calls({name: predicting(model) for name, model in models.items()}, warmup, repeats, device)
+
 
 def _rss_mb():
     "Resident memory of this process now, in MB (None without /proc)."
-    try: return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-    except (OSError, ValueError, IndexError): return None
+    try:
+        return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 def _peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MB: `VmHWM` from /proc, else `ru_maxrss`."
     try:
         for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('VmHWM:'): return int(line.split()[1]) / 2**10
-    except (OSError, ValueError, IndexError): pass
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == 'darwin' else peak / 2**10
+
 
 def measure_training(config: TrainConfig, device='cpu', warmup: int = 2, repeats: int = 5) -> dict:
     "Seconds per training step (`TrainingRun.step`) on random images, images per second from the median, the resident memory before the first step and the process's peak (and on a GPU torch's peak allocation), in MB."
     device = torch.device(device)
     run = TrainingRun(config, device)
     ready = _rss_mb()
-    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     seconds = time_calls({'step': run.step}, warmup, repeats, device)['step']
-    out = dict(train_seconds=seconds, train_img_s=config.batch_size / statistics.median(seconds),
-               train_rss_ready_mb=ready, train_peak_rss_mb=_peak_rss_mb())
-    if device.type == 'cuda': out['train_peak_gpu_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
+    out = dict(
+        train_seconds=seconds,
+        train_img_s=config.batch_size / statistics.median(seconds),
+        train_rss_ready_mb=ready,
+        train_peak_rss_mb=_peak_rss_mb(),
+    )
+    if device.type == 'cuda':
+        out['train_peak_gpu_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
 
 def _training_worker():
     "Entry point of the fresh process of `measure_training_isolated`: the job as JSON on stdin, the result as JSON on the last line of stdout."
@@ -197,66 +273,123 @@ def _training_worker():
     config = TrainConfig.from_dict(job['config'], source='sevdino bench')
     print(json.dumps(measure_training(config, job['device'], job['warmup'], job['repeats'])))
 
-def measure_training_isolated(config: TrainConfig, device='cpu', warmup: int = 2, repeats: int = 5, threads: int = None) -> dict:
+
+def measure_training_isolated(
+    config: TrainConfig, device='cpu', warmup: int = 2, repeats: int = 5, threads: int = None
+) -> dict:
     "`measure_training` in a fresh Python process (this interpreter and environment, `threads` torch threads, default this process's), so that its peak memory is the interpreter's, torch's, the model's and the training's alone."
     device = torch.device(device)  # a bad device fails here, not after the new process has imported torch
-    job = dict(config=config.to_dict(), device=str(device), warmup=warmup, repeats=repeats, threads=threads or torch.get_num_threads())
-    done = subprocess.run([sys.executable, '-c', 'from sevdino.bench import _training_worker; _training_worker()'],
-                          input=json.dumps(job), capture_output=True, text=True)
+    job = dict(
+        config=config.to_dict(),
+        device=str(device),
+        warmup=warmup,
+        repeats=repeats,
+        threads=threads or torch.get_num_threads(),
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', 'from sevdino.bench import _training_worker; _training_worker()'],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        raise RuntimeError(f'sevdino bench: training {config.model} in {config.precision} failed in its own process '
-                           f'(exit {done.returncode}):\n{done.stderr[-3000:]}')
+        raise RuntimeError(
+            f'sevdino bench: training {config.model} in {config.precision} failed in its own process '
+            f'(exit {done.returncode}):\n{done.stderr[-3000:]}'
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/13_bench.ipynb #67f24385
-def inference_breakdown(model, images: torch.Tensor, precision: str = 'fp32', warmup: int = 2, repeats: int = 5) -> dict:
+def inference_breakdown(
+    model, images: torch.Tensor, precision: str = 'fp32', warmup: int = 2, repeats: int = 5
+) -> dict:
     "Where `model.predict(images)` spends its time: per part (encoder; bottleneck and decoder; maps and score; the severity head of a SeverityDinomaly) the median seconds per image and FLOPs per image, each part timed alone on features computed once."
     device, batch = images.device, len(images)
     model.eval()
     with torch.no_grad(), autocast(precision, device):
         taps = model.encode(images)
         features = model.forward_features(images)
-        parts = {'encoder': lambda: model.encode(images),
-                 'bottleneck+decoder': lambda: model.decode(model.bottleneck(torch.stack(taps).mean(0))),
-                 'maps+score': lambda: model.prediction_from_features(features, tuple(images.shape[-2:]))}
-        if hasattr(model, 'predict_severity'): parts['severity head'] = lambda: model.predict_severity(features)
+        parts = {
+            'encoder': lambda: model.encode(images),
+            'bottleneck+decoder': lambda: model.decode(model.bottleneck(torch.stack(taps).mean(0))),
+            'maps+score': lambda: model.prediction_from_features(features, tuple(images.shape[-2:])),
+        }
+        if hasattr(model, 'predict_severity'):
+            parts['severity head'] = lambda: model.predict_severity(features)
         seconds = time_calls(parts, warmup, repeats, device)
         flops = {name: count_flops(part) for name, part in parts.items()}
-    return {name: dict(seconds_per_image=statistics.median(seconds[name]) / batch, flops_per_image=flops[name] / batch) for name in parts}
+    return {
+        name: dict(seconds_per_image=statistics.median(seconds[name]) / batch, flops_per_image=flops[name] / batch)
+        for name in parts
+    }
 
 # %% ../nbs/13_bench.ipynb #7b144076
 def bf16_agreement(model_fp32, model_bf16, images: torch.Tensor) -> dict:
     "How far bf16 inference (`model_bf16` under autocast) moves fp32 inference (`model_fp32`) on `images`: per image the Pearson correlation of the two anomaly maps; the largest relative score difference; the largest severity difference (models with a head)."
     fp32 = model_fp32.eval().predict(images)
-    with autocast('bf16', images.device): bf16 = model_bf16.eval().predict(images)
+    with autocast('bf16', images.device):
+        bf16 = model_bf16.eval().predict(images)
     a, b = (p.anomaly_map.flatten(1).double() for p in (fp32, bf16))
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    out = dict(map_correlation=((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist(),
-               score_relative_difference=((bf16.score - fp32.score).abs() / fp32.score.abs().clamp_min(1e-12)).max().item())
-    if fp32.severity is not None: out['severity_difference'] = (bf16.severity - fp32.severity).abs().max().item()
+    out = dict(
+        map_correlation=((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist(),
+        score_relative_difference=((bf16.score - fp32.score).abs() / fp32.score.abs().clamp_min(1e-12)).max().item(),
+    )
+    if fp32.severity is not None:
+        out['severity_difference'] = (bf16.severity - fp32.severity).abs().max().item()
     return out
 
 # %% ../nbs/13_bench.ipynb #68da17c9
 def _share(flops, images_per_second, peak_gflops):
     return flops * images_per_second / (peak_gflops * 1e9)
 
-def run_bench(encoder: str = 'vit_small_patch14_dinov2', image_size=(224, 224), batch_size: int = 8, weights='none',
-              precisions=BENCH_PRECISIONS, warmup: int = 2, repeats: int = 5, train: bool = True, models=BENCH_MODELS,
-              device=None, isolate: bool = True, progress: bool = False) -> dict:
+
+def run_bench(
+    encoder: str = 'vit_small_patch14_dinov2',
+    image_size=(224, 224),
+    batch_size: int = 8,
+    weights='none',
+    precisions=BENCH_PRECISIONS,
+    warmup: int = 2,
+    repeats: int = 5,
+    train: bool = True,
+    models=BENCH_MODELS,
+    device=None,
+    isolate: bool = True,
+    progress: bool = False,
+) -> dict:
     "Speed and memory of `models` on this machine (JSON-ready): machine, matrix-multiply peaks, FLOPs per image, and per model and precision images per second for inference (and training, with `train`), their share of the peak and the training's peak memory."
     start = time.perf_counter()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     precisions, models = tuple(precisions), tuple(models)
-    if not precisions or not models: raise ConfigError('run_bench: give at least one precision and one model')
-    say = (lambda message: print(f'bench: {message}', file=sys.stderr, flush=True)) if progress else (lambda message: None)
+    if not precisions or not models:
+        raise ConfigError('run_bench: give at least one precision and one model')
+    say = (
+        (lambda message: print(f'bench: {message}', file=sys.stderr, flush=True))
+        if progress
+        else (lambda message: None)
+    )
     configs = {(m, p): bench_config(m, encoder, image_size, batch_size, weights, p) for m in models for p in precisions}
     size = configs[models[0], precisions[0]].image_size
-    result = dict(config=dict(encoder=encoder, image_size=list(size), batch_size=batch_size, weights=str(weights),
-                              precisions=list(precisions), models=list(models), warmup=warmup, repeats=repeats,
-                              train=train, isolate=isolate),
-                  machine=machine_info(device))
+    result = dict(
+        config=dict(
+            encoder=encoder,
+            image_size=list(size),
+            batch_size=batch_size,
+            weights=str(weights),
+            precisions=list(precisions),
+            models=list(models),
+            warmup=warmup,
+            repeats=repeats,
+            train=train,
+            isolate=isolate,
+        ),
+        machine=machine_info(device),
+    )
     say(f'matrix-multiply peak ({", ".join(precisions)})')
-    peaks = result['matmul_peak_gflops'] = {p: matmul_peak_gflops(p, device, warmup=warmup, repeats=repeats) for p in precisions}
+    peaks = result['matmul_peak_gflops'] = {
+        p: matmul_peak_gflops(p, device, warmup=warmup, repeats=repeats) for p in precisions
+    }
     say('counting FLOPs')
     flops = result['flops_per_image'] = {m: model_flops(configs[m, precisions[0]], device, train=train) for m in models}
     images = torch.rand(batch_size, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -266,22 +399,31 @@ def run_bench(encoder: str = 'vit_small_patch14_dinov2', image_size=(224, 224), 
         seconds = measure_inference({m: bench_model(configs[m, p], device) for m in models}, images, p, warmup, repeats)
         for m in models:
             img_s = batch_size / statistics.median(seconds[m])
-            results[m][p] = dict(infer_seconds=seconds[m], infer_img_s=img_s, infer_share_of_peak=_share(flops[m]['inference'], img_s, peaks[p]))
+            results[m][p] = dict(
+                infer_seconds=seconds[m],
+                infer_img_s=img_s,
+                infer_share_of_peak=_share(flops[m]['inference'], img_s, peaks[p]),
+            )
     if {'dinomaly', 'severity-dinomaly'} <= set(models):
         result['severity_over_dinomaly_infer_time'] = {
-            p: statistics.median(results['severity-dinomaly'][p]['infer_seconds']) / statistics.median(results['dinomaly'][p]['infer_seconds'])
-            for p in precisions}
+            p: statistics.median(results['severity-dinomaly'][p]['infer_seconds'])
+            / statistics.median(results['dinomaly'][p]['infer_seconds'])
+            for p in precisions
+        }
     say('where inference time goes')
     breakdown_model = models[-1]
     result['inference_breakdown'] = {'model': breakdown_model}
     for p in precisions:
         parts = inference_breakdown(bench_model(configs[breakdown_model, p], device), images, p, warmup, repeats)
-        for part in parts.values(): part['share_of_peak'] = part['flops_per_image'] / part['seconds_per_image'] / (peaks[p] * 1e9)
+        for part in parts.values():
+            part['share_of_peak'] = part['flops_per_image'] / part['seconds_per_image'] / (peaks[p] * 1e9)
         result['inference_breakdown'][p] = parts
     if {'fp32', 'bf16'} <= set(precisions):
         say('bf16 against fp32')
         m = models[-1]
-        result['bf16_agreement'] = bf16_agreement(bench_model(configs[m, 'fp32'], device), bench_model(configs[m, 'bf16'], device), images)
+        result['bf16_agreement'] = bf16_agreement(
+            bench_model(configs[m, 'fp32'], device), bench_model(configs[m, 'bf16'], device), images
+        )
     if train:
         for m in models:
             for p in precisions:
@@ -296,8 +438,10 @@ def run_bench(encoder: str = 'vit_small_patch14_dinov2', image_size=(224, 224), 
 
 # %% ../nbs/13_bench.ipynb #d9c57e01
 def _fmt(value, digits=3):
-    if value is None: return '-'
-    return f'{value:.{digits}g}' if abs(value) < 10 ** digits else f'{value:.0f}'
+    if value is None:
+        return '-'
+    return f'{value:.{digits}g}' if abs(value) < 10**digits else f'{value:.0f}'
+
 
 def bench_markdown(result: dict) -> str:
     "Markdown of a `run_bench` result: the setting and the machine, a table of measured figures, and a table of ratios (to this machine's peak, to plain Dinomaly in fp32) that carry over between machines."
@@ -306,13 +450,20 @@ def bench_markdown(result: dict) -> str:
     train = c['train']
     reference_model, reference_precision = models[0], precisions[0]
     reference = results[reference_model][reference_precision]
-    lines = [f"**{c['encoder']}**, {c['image_size'][0]} x {c['image_size'][1]} px, batch {c['batch_size']}, weights `{c['weights']}`; "
-             f"median of {c['repeats']} after {c['warmup']} warm-up. Machine: {m.get('gpu') or m['cpu']} ({m['device']}, "
-             f"{m['threads']} threads, {m['cpu_capability']}, bf16 {'native' if m['bf16_native'] else 'not native'}), "
-             f"torch {m['torch']}; load average {m['load_average']} at the start, {m.get('load_average_end')} at the end.", '',
-             'Matrix-multiply peak (one large product): ' + ', '.join(f'{p} {peaks[p]:.0f} GFLOP/s' for p in precisions) + '.', '']
+    lines = [
+        f'**{c["encoder"]}**, {c["image_size"][0]} x {c["image_size"][1]} px, batch {c["batch_size"]}, weights `{c["weights"]}`; '
+        f'median of {c["repeats"]} after {c["warmup"]} warm-up. Machine: {m.get("gpu") or m["cpu"]} ({m["device"]}, '
+        f'{m["threads"]} threads, {m["cpu_capability"]}, bf16 {"native" if m["bf16_native"] else "not native"}), '
+        f'torch {m["torch"]}; load average {m["load_average"]} at the start, {m.get("load_average_end")} at the end.',
+        '',
+        'Matrix-multiply peak (one large product): '
+        + ', '.join(f'{p} {peaks[p]:.0f} GFLOP/s' for p in precisions)
+        + '.',
+        '',
+    ]
     head = ['model', 'precision', 'inference GFLOP/image', 'inference img/s']
-    if train: head += ['training GFLOP/image', 'training img/s', 'training peak RSS MB (before first step)']
+    if train:
+        head += ['training GFLOP/image', 'training img/s', 'training peak RSS MB (before first step)']
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 2 + '---:|' * (len(head) - 2)]
     for model in models:
         flops = result['flops_per_image'][model]
@@ -320,68 +471,122 @@ def bench_markdown(result: dict) -> str:
             r = results[model][p]
             row = [MODEL_LABELS.get(model, model), p, _fmt(flops['inference'] / 1e9), _fmt(r['infer_img_s'])]
             if train:
-                memory = f"{r['train_peak_rss_mb']:.0f} ({r['train_rss_ready_mb']:.0f})" if r.get('train_rss_ready_mb') else _fmt(r.get('train_peak_rss_mb'))
+                memory = (
+                    f'{r["train_peak_rss_mb"]:.0f} ({r["train_rss_ready_mb"]:.0f})'
+                    if r.get('train_rss_ready_mb')
+                    else _fmt(r.get('train_peak_rss_mb'))
+                )
                 row += [_fmt(flops['train'] / 1e9), _fmt(r.get('train_img_s')), memory]
             lines.append('| ' + ' | '.join(row) + ' |')
     label = f'{MODEL_LABELS.get(reference_model, reference_model)} {reference_precision}'
     head = ['model', 'precision', 'inference share of peak', f'inference speed / {label}']
-    if train: head += ['training share of peak', f'training speed / {label}']
+    if train:
+        head += ['training share of peak', f'training speed / {label}']
     lines += ['', '| ' + ' | '.join(head) + ' |', '|' + '---|' * 2 + '---:|' * (len(head) - 2)]
     for model in models:
         for p in precisions:
             r = results[model][p]
-            row = [MODEL_LABELS.get(model, model), p, f"{r['infer_share_of_peak']:.0%}", f"{r['infer_img_s'] / reference['infer_img_s']:.2f}"]
-            if train: row += [f"{r['train_share_of_peak']:.0%}", f"{r['train_img_s'] / reference['train_img_s']:.2f}"]
+            row = [
+                MODEL_LABELS.get(model, model),
+                p,
+                f'{r["infer_share_of_peak"]:.0%}',
+                f'{r["infer_img_s"] / reference["infer_img_s"]:.2f}',
+            ]
+            if train:
+                row += [f'{r["train_share_of_peak"]:.0%}', f'{r["train_img_s"] / reference["train_img_s"]:.2f}']
             lines.append('| ' + ' | '.join(row) + ' |')
     breakdown = result.get('inference_breakdown')
     if breakdown:
         model = MODEL_LABELS.get(breakdown['model'], breakdown['model'])
-        head = ['part of inference'] + [f'{p} {what}' for p in precisions for what in ('ms/image', 'share of time', 'share of peak')]
-        lines += ['', f'Where the inference time of {model} goes (each part timed alone):', '',
-                  '| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+        head = ['part of inference'] + [
+            f'{p} {what}' for p in precisions for what in ('ms/image', 'share of time', 'share of peak')
+        ]
+        lines += [
+            '',
+            f'Where the inference time of {model} goes (each part timed alone):',
+            '',
+            '| ' + ' | '.join(head) + ' |',
+            '|---|' + '---:|' * (len(head) - 1),
+        ]
         for part in breakdown[precisions[0]]:
             row = [part]
             for p in precisions:
                 total = sum(x['seconds_per_image'] for x in breakdown[p].values())
                 x = breakdown[p][part]
-                row += [f"{1e3 * x['seconds_per_image']:.1f}", f"{x['seconds_per_image'] / total:.1%}", f"{x['share_of_peak']:.0%}"]
+                row += [
+                    f'{1e3 * x["seconds_per_image"]:.1f}',
+                    f'{x["seconds_per_image"] / total:.1%}',
+                    f'{x["share_of_peak"]:.0%}',
+                ]
             lines.append('| ' + ' | '.join(row) + ' |')
     notes = []
     if 'severity_over_dinomaly_infer_time' in result:
-        notes.append('SeverityDinomaly / Dinomaly inference time: ' + ', '.join(f'{p} {v:.3f}' for p, v in result['severity_over_dinomaly_infer_time'].items()))
+        notes.append(
+            'SeverityDinomaly / Dinomaly inference time: '
+            + ', '.join(f'{p} {v:.3f}' for p, v in result['severity_over_dinomaly_infer_time'].items())
+        )
     if 'bf16_agreement' in result:
         a = result['bf16_agreement']
-        notes.append(f"bf16 vs fp32 anomaly maps: correlation >= {min(a['map_correlation']):.5f}; largest relative score difference {a['score_relative_difference']:.2g}")
-    if notes: lines += [''] + ['. '.join(notes) + '.']
+        notes.append(
+            f'bf16 vs fp32 anomaly maps: correlation >= {min(a["map_correlation"]):.5f}; largest relative score difference {a["score_relative_difference"]:.2g}'
+        )
+    if notes:
+        lines += [''] + ['. '.join(notes) + '.']
     return '\n'.join(lines)
 
 # %% ../nbs/13_bench.ipynb #c764c989
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `sevdino bench` to `parser` (a parser or a sub-command's parser); returns it."
     parser.add_argument('--encoder', default='vit_small_patch14_dinov2', help='timm DINOv2 name')
-    parser.add_argument('--image-size', type=parse_image_size, default=(224, 224), help='N or HxW, multiples of 14 (default 224)')
+    parser.add_argument(
+        '--image-size', type=parse_image_size, default=(224, 224), help='N or HxW, multiples of 14 (default 224)'
+    )
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--precision', default=','.join(BENCH_PRECISIONS), help='fp32, bf16, or both comma-separated (default)')
-    parser.add_argument('--weights', default='none', help='none (random: speed does not depend on the values; default) | auto | bundled | hub | a file')
+    parser.add_argument(
+        '--precision', default=','.join(BENCH_PRECISIONS), help='fp32, bf16, or both comma-separated (default)'
+    )
+    parser.add_argument(
+        '--weights',
+        default='none',
+        help='none (random: speed does not depend on the values; default) | auto | bundled | hub | a file',
+    )
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls first (default 2)')
     parser.add_argument('--repeats', type=int, default=5, help='timed calls; the median counts (default 5)')
     parser.add_argument('--no-train', action='store_true', help='inference only')
-    parser.add_argument('--in-process', action='store_true', help='train in this process (quicker; the peak memory then includes all that ran before)')
+    parser.add_argument(
+        '--in-process',
+        action='store_true',
+        help='train in this process (quicker; the peak memory then includes all that ran before)',
+    )
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when there is one)')
     parser.add_argument('--json', action='store_true', help='print the result as JSON instead of tables')
     parser.add_argument('--quiet', action='store_true', help='no progress on stderr')
     return parser
 
+
 def cmd_bench(args) -> dict:
     "Run `sevdino bench` with parsed `args`: print the result as JSON (`--json`) or as markdown tables; return it."
     precisions = tuple(p.strip() for p in args.precision.split(',') if p.strip())
-    result = run_bench(encoder=args.encoder, image_size=args.image_size, batch_size=args.batch_size, weights=args.weights,
-                       precisions=precisions, warmup=args.warmup, repeats=args.repeats, train=not args.no_train,
-                       device=args.device, isolate=not args.in_process, progress=not args.quiet)
+    result = run_bench(
+        encoder=args.encoder,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        precisions=precisions,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        train=not args.no_train,
+        device=args.device,
+        isolate=not args.in_process,
+        progress=not args.quiet,
+    )
     print(json.dumps(result, indent=2) if args.json else bench_markdown(result))
     return result
 
+
 def bench_main(argv=None) -> dict:
     "`sevdino bench` as a function: parse `argv` (default: the command line's arguments) and run it."
-    parser = argparse.ArgumentParser(prog='sevdino bench', description='Speed and memory of Dinomaly and SeverityDinomaly on this machine.')
+    parser = argparse.ArgumentParser(
+        prog='sevdino bench', description='Speed and memory of Dinomaly and SeverityDinomaly on this machine.'
+    )
     return cmd_bench(add_bench_args(parser).parse_args(argv))

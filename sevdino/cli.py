@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # %% ../nbs/12_cli.ipynb #9a82b53d
-import torch
+#| export
 
 # %% ../nbs/12_cli.ipynb #62a84577
 from .data import ImageError, read_image, resize_image
@@ -31,11 +31,25 @@ from .evaluate import evaluate_run, write_demo_report
 DEMO_STEPS = 300
 DEMO_IMAGE_SIZE = (84, 252)  # hdmap maps are about 31 x 95: keep the aspect, 6 x 18 tokens
 
+
 def demo_config(data, out, model='severity-dinomaly', steps=DEMO_STEPS) -> TrainConfig:
     "The demo's training settings (hdmap-sim, domain A)."
-    return TrainConfig(data=str(data), domain='A', out=str(out), model=model, steps=steps, batch_size=16,
-                       image_size=DEMO_IMAGE_SIZE, weights='auto', families=('hline', 'curve', 'cutpaste'),
-                       head_input='both', aug_ratio=0.5, warmup_steps=min(100, steps // 10), checkpoint_every=50).validate()
+    return TrainConfig(
+        data=str(data),
+        domain='A',
+        out=str(out),
+        model=model,
+        steps=steps,
+        batch_size=16,
+        image_size=DEMO_IMAGE_SIZE,
+        weights='auto',
+        families=('hline', 'curve', 'cutpaste'),
+        head_input='both',
+        aug_ratio=0.5,
+        warmup_steps=min(100, steps // 10),
+        checkpoint_every=50,
+    ).validate()
+
 
 def cmd_demo(args):
     "`sevdino demo`: built-in hdmap-sim data, SeverityDinomaly and plain Dinomaly trained on domain A, evaluated on A-D, one report."
@@ -45,9 +59,12 @@ def cmd_demo(args):
         print(f'making the built-in hdmap-sim data in {data}')
         make_dataset('hdmap-sim', data, seed=0)
     runs = {'severity-dinomaly': out / 'severity-dinomaly'}
-    if not args.no_baseline: runs['dinomaly'] = out / 'dinomaly'
+    if not args.no_baseline:
+        runs['dinomaly'] = out / 'dinomaly'
     for model, run in runs.items():
-        if (run / 'model.safetensors').exists(): print(f'reusing the trained run {run}'); continue
+        if (run / 'model.safetensors').exists():
+            print(f'reusing the trained run {run}')
+            continue
         print(f'training {model} on hdmap-sim/A for {args.steps} steps')
         fit(demo_config(data, run, model, args.steps), resume=(run / 'config.json').exists(), progress=not args.quiet)
     results = {}
@@ -64,24 +81,39 @@ def _add_train_args(p, defaults: TrainConfig):
     p.add_argument('--batch-size', type=int, default=defaults.batch_size)
     p.add_argument('--image-size', type=parse_image_size, default=defaults.image_size, help='N or HxW, multiples of 14')
     p.add_argument('--encoder', default=defaults.encoder)
-    p.add_argument('--weights', default=defaults.weights, help="auto | hub | bundled | none | a weight file")
+    p.add_argument('--weights', default=defaults.weights, help='auto | hub | bundled | none | a weight file')
     p.add_argument('--severity-weight', type=float, default=defaults.severity_weight)
     p.add_argument('--aug-ratio', type=float, default=defaults.aug_ratio)
-    p.add_argument('--families', default=','.join(defaults.families), help='fault families for training, comma-separated')
+    p.add_argument(
+        '--families', default=','.join(defaults.families), help='fault families for training, comma-separated'
+    )
     p.add_argument('--pooling', default=defaults.pooling, choices=['avg', 'max', 'attention'])
     p.add_argument('--head-input', default=defaults.head_input, choices=['bottleneck', 'discrepancy', 'both'])
     p.add_argument('--recon-on', default=defaults.recon_on, choices=['clean', 'all'])
     p.add_argument('--precision', default=defaults.precision, choices=['auto', 'bf16', 'fp32'])
     p.add_argument('--seed', type=int, default=defaults.seed)
-    p.add_argument('--warmup-steps', type=int, default=None, help=f'default {defaults.warmup_steps} (Dinomaly), at most a tenth of --steps')
+    p.add_argument(
+        '--warmup-steps',
+        type=int,
+        default=None,
+        help=f'default {defaults.warmup_steps} (Dinomaly), at most a tenth of --steps',
+    )
     p.add_argument('--lr', type=float, default=defaults.lr)
     p.add_argument('--checkpoint-every', type=int, default=defaults.checkpoint_every)
-    p.add_argument('--model-option', action='append', default=[], metavar='KEY=VALUE',
-                   help='a setting of --model draem-sevnet (repeatable; VALUE is JSON or text), e.g. width=16')
+    p.add_argument(
+        '--model-option',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='a setting of --model draem-sevnet (repeatable; VALUE is JSON or text), e.g. width=16',
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `sevdino` command."
-    parser = argparse.ArgumentParser(prog='sevdino', description='Severity-aware anomaly detection (Dinomaly + severity head).')
+    parser = argparse.ArgumentParser(
+        prog='sevdino', description='Severity-aware anomaly detection (Dinomaly + severity head).'
+    )
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     demo = commands.add_parser('demo', help='built-in data -> train -> evaluate -> report')
     demo.add_argument('--out', default='runs/demo', help='folder for the runs and the report')
@@ -96,38 +128,70 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument('--seed', type=int, default=0)
 
     train = commands.add_parser('train', help='train a model into a run folder')
-    train.add_argument('--data', required=True); train.add_argument('--domain'); train.add_argument('--out', required=True)
-    train.add_argument('--resume', action='store_true'); train.add_argument('--quiet', action='store_true')
+    train.add_argument('--data', required=True)
+    train.add_argument('--domain')
+    train.add_argument('--out', required=True)
+    train.add_argument('--resume', action='store_true')
+    train.add_argument('--quiet', action='store_true')
     _add_train_args(train, TrainConfig())
 
     evaluate = commands.add_parser('evaluate', help='evaluate a run on a dataset (another domain = cross-domain test)')
-    evaluate.add_argument('--run', required=True); evaluate.add_argument('--data', required=True)
-    evaluate.add_argument('--domain'); evaluate.add_argument('--out', help='metrics file (default RUN/metrics.json)')
+    evaluate.add_argument('--run', required=True)
+    evaluate.add_argument('--data', required=True)
+    evaluate.add_argument('--domain')
+    evaluate.add_argument('--out', help='metrics file (default RUN/metrics.json)')
     evaluate.add_argument('--quiet', action='store_true')
 
     predict = commands.add_parser('predict', help='anomaly score and severity of image files')
-    predict.add_argument('--run', required=True); predict.add_argument('images', nargs='+')
+    predict.add_argument('--run', required=True)
+    predict.add_argument('images', nargs='+')
     predict.add_argument('--out', help='CSV file (default: print a table)')
-    abl = commands.add_parser('ablate', help='the ablation grid: train and evaluate each cell and seed, resumable; table and figures')
-    abl.add_argument('--data', required=True); abl.add_argument('--domain'); abl.add_argument('--out', required=True)
-    abl.add_argument('--axis', action='append', default=[], metavar='NAME=V1,V2',
-                     help='an axis and its values (repeatable), e.g. severity_weight=0.01,0.1 or head_hidden=64;256x64')
-    abl.add_argument('--axes', help=f'axes of the default grid to run, comma-separated (default: all of {",".join(ABLATION_AXES)})')
-    abl.add_argument('--full', action='store_true', help='every combination of the axes instead of each axis on its own')
+    abl = commands.add_parser(
+        'ablate', help='the ablation grid: train and evaluate each cell and seed, resumable; table and figures'
+    )
+    abl.add_argument('--data', required=True)
+    abl.add_argument('--domain')
+    abl.add_argument('--out', required=True)
+    abl.add_argument(
+        '--axis',
+        action='append',
+        default=[],
+        metavar='NAME=V1,V2',
+        help='an axis and its values (repeatable), e.g. severity_weight=0.01,0.1 or head_hidden=64;256x64',
+    )
+    abl.add_argument(
+        '--axes', help=f'axes of the default grid to run, comma-separated (default: all of {",".join(ABLATION_AXES)})'
+    )
+    abl.add_argument(
+        '--full', action='store_true', help='every combination of the axes instead of each axis on its own'
+    )
     abl.add_argument('--seeds', default='0,1', help='seeds per cell, comma-separated')
-    abl.add_argument('--eval-domains', help='domains to evaluate each run on, comma-separated (default: the trained domain)')
+    abl.add_argument(
+        '--eval-domains', help='domains to evaluate each run on, comma-separated (default: the trained domain)'
+    )
     abl.add_argument('--quiet', action='store_true')
     _add_train_args(abl, TrainConfig())
 
-    cmp = commands.add_parser('compare', help='SeverityDinomaly, plain Dinomaly and DRAEM-SevNet on the same data: one table, one figure')
-    cmp.add_argument('--data', required=True); cmp.add_argument('--domain'); cmp.add_argument('--out', required=True)
+    cmp = commands.add_parser(
+        'compare', help='SeverityDinomaly, plain Dinomaly and DRAEM-SevNet on the same data: one table, one figure'
+    )
+    cmp.add_argument('--data', required=True)
+    cmp.add_argument('--domain')
+    cmp.add_argument('--out', required=True)
     cmp.add_argument('--seeds', default='0,1', help='seeds per model, comma-separated')
     cmp.add_argument('--eval-domains', help='domains to evaluate on, comma-separated (default: the trained domain)')
-    cmp.add_argument('--draem-width', type=int, default=CPU_WIDTH, help=f'DRAEM-SevNet base width (published 128; default {CPU_WIDTH} for CPUs)')
+    cmp.add_argument(
+        '--draem-width',
+        type=int,
+        default=CPU_WIDTH,
+        help=f'DRAEM-SevNet base width (published 128; default {CPU_WIDTH} for CPUs)',
+    )
     cmp.add_argument('--quiet', action='store_true')
     _add_train_args(cmp, TrainConfig())
 
-    add_bench_args(commands.add_parser('bench', help='speed and memory of Dinomaly and SeverityDinomaly on this machine'))
+    add_bench_args(
+        commands.add_parser('bench', help='speed and memory of Dinomaly and SeverityDinomaly on this machine')
+    )
     return parser
 
 # %% ../nbs/12_cli.ipynb #1de86267
@@ -137,18 +201,31 @@ def cmd_make_dataset(args):
     root = make_dataset(args.name, args.out, seed=args.seed)
     print(f'{args.name}: written to {root} in {time.time() - start:.1f} s')
 
-DINOMALY_ONLY_FLAGS = {'severity_weight': '--severity-weight', 'pooling': '--pooling', 'head_input': '--head-input',
-                       'recon_on': '--recon-on', 'lr': '--lr', 'encoder': '--encoder', 'weights': '--weights'}
+
+DINOMALY_ONLY_FLAGS = {
+    'severity_weight': '--severity-weight',
+    'pooling': '--pooling',
+    'head_input': '--head-input',
+    'recon_on': '--recon-on',
+    'lr': '--lr',
+    'encoder': '--encoder',
+    'weights': '--weights',
+}
+
 
 def model_options_from_args(texts) -> dict:
     "`--model-option KEY=VALUE` texts as a dict (VALUE read as JSON when it is JSON, else kept as text)."
     options = {}
     for text in texts or []:
         key, sep, value = text.partition('=')
-        if not sep or not key.strip(): raise ConfigError(f'--model-option {text!r}: give KEY=VALUE')
-        try: options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError: options[key.strip()] = value
+        if not sep or not key.strip():
+            raise ConfigError(f'--model-option {text!r}: give KEY=VALUE')
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
     return options
+
 
 def config_from_args(args) -> TrainConfig:
     "A `TrainConfig` from `sevdino train` arguments."
@@ -156,16 +233,37 @@ def config_from_args(args) -> TrainConfig:
     if args.model == 'draem-sevnet':
         defaults = TrainConfig()
         ignored = [flag for name, flag in DINOMALY_ONLY_FLAGS.items() if getattr(args, name) != getattr(defaults, name)]
-        if ignored: raise ConfigError(f'--model draem-sevnet does not read {", ".join(ignored)}; give its settings with --model-option KEY=VALUE '
-                                      '(e.g. width=16, severity_weight=1.0, lr=1e-4)')
-    elif options: raise ConfigError(f'--model-option: only --model draem-sevnet takes model options, not --model {args.model}')
-    return TrainConfig(model_options=options, data=args.data, domain=args.domain, out=args.out, model=args.model, steps=args.steps,
-                       batch_size=args.batch_size, image_size=tuple(args.image_size), encoder=args.encoder, weights=args.weights,
-                       severity_weight=args.severity_weight, aug_ratio=args.aug_ratio,
-                       families=tuple(f.strip() for f in args.families.split(',') if f.strip()), pooling=args.pooling,
-                       head_input=args.head_input, recon_on=args.recon_on, precision=args.precision, seed=args.seed,
-                       warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps, lr=args.lr,
-                       checkpoint_every=args.checkpoint_every).validate()
+        if ignored:
+            raise ConfigError(
+                f'--model draem-sevnet does not read {", ".join(ignored)}; give its settings with --model-option KEY=VALUE '
+                '(e.g. width=16, severity_weight=1.0, lr=1e-4)'
+            )
+    elif options:
+        raise ConfigError(f'--model-option: only --model draem-sevnet takes model options, not --model {args.model}')
+    return TrainConfig(
+        model_options=options,
+        data=args.data,
+        domain=args.domain,
+        out=args.out,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        image_size=tuple(args.image_size),
+        encoder=args.encoder,
+        weights=args.weights,
+        severity_weight=args.severity_weight,
+        aug_ratio=args.aug_ratio,
+        families=tuple(f.strip() for f in args.families.split(',') if f.strip()),
+        pooling=args.pooling,
+        head_input=args.head_input,
+        recon_on=args.recon_on,
+        precision=args.precision,
+        seed=args.seed,
+        warmup_steps=min(100, args.steps // 10) if args.warmup_steps is None else args.warmup_steps,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+    ).validate()
+
 
 def cmd_train(args):
     "`sevdino train`: train a model into a run folder (or resume it)."
@@ -173,10 +271,12 @@ def cmd_train(args):
     run = fit(config_from_args(args), resume=args.resume, progress=not args.quiet)
     print(f'trained {run} in {time.time() - start:.0f} s')
 
+
 def cmd_evaluate(args):
     "`sevdino evaluate`: metrics, predictions, figures and report of a run on a dataset."
     metrics = evaluate_run(args.run, args.data, domain=args.domain, out=args.out, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
+
 
 def cmd_predict(args):
     "`sevdino predict`: anomaly score and severity of image files, as CSV."
@@ -188,41 +288,74 @@ def cmd_predict(args):
         severity = float(pred.severity[0]) if getattr(pred, 'severity', None) is not None else float('nan')
         rows.append((path, float(pred.score[0]), severity))
     lines = ['path,score,severity'] + [f'{p},{s:.6f},{v:.4f}' for p, s, v in rows]
-    if args.out: Path(args.out).write_text('\n'.join(lines) + '\n'); print(f'wrote {args.out}')
-    else: print('\n'.join(lines))
+    if args.out:
+        Path(args.out).write_text('\n'.join(lines) + '\n')
+        print(f'wrote {args.out}')
+    else:
+        print('\n'.join(lines))
 
-def _csv_list(text) -> list: return [t.strip() for t in text.split(',') if t.strip()] if text else []
+
+def _csv_list(text) -> list:
+    return [t.strip() for t in text.split(',') if t.strip()] if text else []
+
 
 def ablation_axes_from_args(args) -> dict:
     "The axes of `sevdino ablate`: `--axis` ones, else the named default axes (`--axes`), else the whole default grid."
-    if args.axis: return dict(parse_axis(text) for text in args.axis)
+    if args.axis:
+        return dict(parse_axis(text) for text in args.axis)
     names = _csv_list(args.axes) or list(ABLATION_AXES)
     unknown = [n for n in names if n not in ABLATION_AXES]
-    if unknown: raise ConfigError(f'--axes: unknown {unknown}; the default grid has {list(ABLATION_AXES)} (use --axis NAME=V1,V2 for others)')
+    if unknown:
+        raise ConfigError(
+            f'--axes: unknown {unknown}; the default grid has {list(ABLATION_AXES)} (use --axis NAME=V1,V2 for others)'
+        )
     return {n: ABLATION_AXES[n] for n in names}
+
 
 def cmd_ablate(args):
     "`sevdino ablate`: the ablation grid into `--out` (resumes when run again), with results.csv, summary.csv, ablation.md and figures."
     start = time.time()
-    try: seeds = tuple(int(s) for s in _csv_list(args.seeds))
-    except ValueError: raise ConfigError(f'--seeds {args.seeds!r}: give integers, comma-separated') from None
-    if not seeds: raise ConfigError('--seeds: give at least one seed')
+    try:
+        seeds = tuple(int(s) for s in _csv_list(args.seeds))
+    except ValueError:
+        raise ConfigError(f'--seeds {args.seeds!r}: give integers, comma-separated') from None
+    if not seeds:
+        raise ConfigError('--seeds: give at least one seed')
     base = config_from_args(args)
-    paths = ablate(base, args.out, axes=ablation_axes_from_args(args), full=args.full, seeds=seeds,
-                   eval_domains=_csv_list(args.eval_domains) or None, progress=not args.quiet)
+    paths = ablate(
+        base,
+        args.out,
+        axes=ablation_axes_from_args(args),
+        full=args.full,
+        seeds=seeds,
+        eval_domains=_csv_list(args.eval_domains) or None,
+        progress=not args.quiet,
+    )
     print(paths['report'].read_text())
     print(f'ablation in {args.out}: {time.time() - start:.0f} s')
+
 
 def cmd_compare(args):
     "`sevdino compare`: the three models on the same data and seeds (resumable), `comparison.md`, `comparison.csv`, `comparison.png`."
     start = time.time()
     if args.model != TrainConfig().model or args.model_option:
-        raise ConfigError('sevdino compare trains all three models itself: leave out --model and --model-option (use --draem-width)')
-    try: seeds = tuple(int(s) for s in _csv_list(args.seeds))
-    except ValueError: raise ConfigError(f'--seeds {args.seeds!r}: give integers, comma-separated') from None
-    if not seeds: raise ConfigError('--seeds: give at least one seed')
-    result = compare(config_from_args(args), args.out, seeds=seeds, eval_domains=_csv_list(args.eval_domains) or None,
-                     draem_width=args.draem_width, progress=not args.quiet)
+        raise ConfigError(
+            'sevdino compare trains all three models itself: leave out --model and --model-option (use --draem-width)'
+        )
+    try:
+        seeds = tuple(int(s) for s in _csv_list(args.seeds))
+    except ValueError:
+        raise ConfigError(f'--seeds {args.seeds!r}: give integers, comma-separated') from None
+    if not seeds:
+        raise ConfigError('--seeds: give at least one seed')
+    result = compare(
+        config_from_args(args),
+        args.out,
+        seeds=seeds,
+        eval_domains=_csv_list(args.eval_domains) or None,
+        draem_width=args.draem_width,
+        progress=not args.quiet,
+    )
     print(result['report'].read_text())
     print(f'comparison in {args.out}: {time.time() - start:.0f} s')
 
@@ -230,8 +363,16 @@ def cmd_compare(args):
 def main(argv=None) -> int:
     "Entry point of the `sevdino` console script; returns the exit code."
     args = build_parser().parse_args(argv)
-    handlers = {'demo': cmd_demo, 'make-dataset': cmd_make_dataset, 'train': cmd_train,
-                'evaluate': cmd_evaluate, 'predict': cmd_predict, 'ablate': cmd_ablate, 'bench': cmd_bench, 'compare': cmd_compare}
+    handlers = {
+        'demo': cmd_demo,
+        'make-dataset': cmd_make_dataset,
+        'train': cmd_train,
+        'evaluate': cmd_evaluate,
+        'predict': cmd_predict,
+        'ablate': cmd_ablate,
+        'bench': cmd_bench,
+        'compare': cmd_compare,
+    }
     try:
         handlers[args.command](args)
     except (ConfigError, ImageError, WeightsError, TrainingError, FileNotFoundError, NotADirectoryError) as e:

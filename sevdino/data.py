@@ -29,9 +29,12 @@ def severity_of_change(clean, faulty):
     "Severity of the change from `clean` to `faulty` ([0, 1] images): `100 * mean(|faulty - clean|)`; a float for one image (C,H,W), a (B,) tensor for a batch (B,C,H,W)."
     clean, faulty = torch.as_tensor(clean), torch.as_tensor(faulty)
     if clean.shape != faulty.shape:
-        raise ValueError(f'severity_of_change: clean {tuple(clean.shape)} and faulty {tuple(faulty.shape)} differ in shape')
+        raise ValueError(
+            f'severity_of_change: clean {tuple(clean.shape)} and faulty {tuple(faulty.shape)} differ in shape'
+        )
     diff = (faulty.float() - clean.float()).abs()
-    if diff.ndim == 4: return 100 * diff.flatten(1).mean(1)
+    if diff.ndim == 4:
+        return 100 * diff.flatten(1).mean(1)
     return float(100 * diff.mean())
 
 # %% ../nbs/00_data.ipynb #388267d7
@@ -48,8 +51,10 @@ def severity_level(severity):
     if isinstance(severity, np.ndarray):
         return severity_level(torch.from_numpy(severity.astype(np.float64))).numpy()
     s = float(severity)
-    if math.isnan(s): return -1
-    if s <= 0: return 0
+    if math.isnan(s):
+        return -1
+    if s <= 0:
+        return 0
     return 1 + sum(s > band for band in SEVERITY_BANDS)
 
 # %% ../nbs/00_data.ipynb #ae6775d5
@@ -68,15 +73,20 @@ PATCH_SIZE = 14  # the encoder's patch: the smallest image worth feeding it
 def _pil_array(image, path):
     "The numbers of a Pillow image: uint8 (gray, RGB, RGBA) or uint16 (16-bit gray)."
     mode = image.mode
-    if mode in ('L', 'RGB', 'RGBA', 'LA'): return np.asarray(image)
-    if mode.startswith('I;16'): return np.asarray(image).astype(np.uint16)
+    if mode in ('L', 'RGB', 'RGBA', 'LA'):
+        return np.asarray(image)
+    if mode.startswith('I;16'):
+        return np.asarray(image).astype(np.uint16)
     if mode == 'I':  # how some Pillow versions open 16-bit gray PNG
         array = np.asarray(image)
-        if array.min() < 0 or array.max() > 65535: raise ImageError(f'{path}: 32-bit integer image is not supported')
+        if array.min() < 0 or array.max() > 65535:
+            raise ImageError(f'{path}: 32-bit integer image is not supported')
         return array.astype(np.uint16)
-    if mode == 'F': return np.asarray(image).astype(np.float32)
+    if mode == 'F':
+        return np.asarray(image).astype(np.float32)
     if mode in ('1', 'P', 'CMYK', 'YCbCr', 'LAB', 'HSV', 'PA', 'RGBX', 'RGBa', 'La'):
-        if mode in ('P', 'PA') and ('transparency' in image.info or mode == 'PA'): return np.asarray(image.convert('RGBA'))
+        if mode in ('P', 'PA') and ('transparency' in image.info or mode == 'PA'):
+            return np.asarray(image.convert('RGBA'))
         return np.asarray(image.convert('L' if mode == '1' else 'RGB'))
     raise ImageError(f'{path}: unsupported image mode {mode!r}')
 
@@ -86,7 +96,9 @@ def _tiff_array(path):
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         if len(tif.series) > 1 or series.axes not in ('YX', 'YXS', 'SYX'):
-            raise ImageError(f'{path}: TIFF holds {len(tif.pages)} pages, axes {series.axes!r}; expected one image (YX, YXS or SYX)')
+            raise ImageError(
+                f'{path}: TIFF holds {len(tif.pages)} pages, axes {series.axes!r}; expected one image (YX, YXS or SYX)'
+            )
         array = series.asarray()
     return np.moveaxis(array, 0, -1) if series.axes == 'SYX' else array
 
@@ -94,19 +106,26 @@ def _tiff_array(path):
 def read_array(path):
     "Decode an image file to a numpy array (H,W) or (H,W,C) in its own type (uint8, uint16, float); `ImageError` naming the file when it cannot be read."
     path = Path(path)
-    if not path.is_file(): raise ImageError(f'{path}: no such file')
+    if not path.is_file():
+        raise ImageError(f'{path}: no such file')
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
-        raise ImageError(f'{path}: unknown image format {ext or "(no extension)"!r}; expected one of {", ".join(IMAGE_EXTENSIONS)}')
-    if path.stat().st_size == 0: raise ImageError(f'{path}: empty file (0 bytes)')
+        raise ImageError(
+            f'{path}: unknown image format {ext or "(no extension)"!r}; expected one of {", ".join(IMAGE_EXTENSIONS)}'
+        )
+    if path.stat().st_size == 0:
+        raise ImageError(f'{path}: empty file (0 bytes)')
     try:
-        if ext in ('.tif', '.tiff'): array = _tiff_array(path)
+        if ext in ('.tif', '.tiff'):
+            array = _tiff_array(path)
         else:
             with Image.open(path) as image:
                 image.load()
                 array = _pil_array(image, path)
-    except ImageError: raise
-    except Exception as e: raise ImageError(f'{path}: cannot decode as an image ({type(e).__name__}: {e})') from e
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(f'{path}: cannot decode as an image ({type(e).__name__}: {e})') from e
     if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f'{path}: unsupported image shape {array.shape}')
     if array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4):
@@ -115,9 +134,12 @@ def read_array(path):
 
 # %% ../nbs/00_data.ipynb #466d3357
 def _check_float_range(float_range, what='float_range'):
-    try: lo, hi = (float(v) for v in float_range)
-    except (TypeError, ValueError): raise ValueError(f'{what} must be a pair (lo, hi) of numbers, got {float_range!r}') from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo): raise ValueError(f'{what} must be finite with hi > lo, got {float_range!r}')
+    try:
+        lo, hi = (float(v) for v in float_range)
+    except (TypeError, ValueError):
+        raise ValueError(f'{what} must be a pair (lo, hi) of numbers, got {float_range!r}') from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f'{what} must be finite with hi > lo, got {float_range!r}')
     return lo, hi
 
 # %% ../nbs/00_data.ipynb #0125c6f7
@@ -133,22 +155,33 @@ def _drop_alpha(array, path):
     if channels in (2, 4):
         alpha = array[..., -1]
         opaque = float((alpha == alpha.max()).mean()) if alpha.size else 1.0
-        warnings.warn(f'{path}: {channels}-channel image: alpha channel dropped ({100 * (1 - opaque):.1f}% of pixels not fully opaque)', ImageWarning, stacklevel=3)
+        warnings.warn(
+            f'{path}: {channels}-channel image: alpha channel dropped ({100 * (1 - opaque):.1f}% of pixels not fully opaque)',
+            ImageWarning,
+            stacklevel=3,
+        )
         array = array[..., :-1]
     return array[..., 0] if array.shape[2] == 1 else array
 
 # %% ../nbs/00_data.ipynb #0fd2eae0
 def to_unit(array, path='image', float_range=None):
     "Numbers of an image file to float32 [0, 1] (H,W) or (H,W,3): uint8 / 255, uint16 / 65535, float through `float_range`."
-    if array.ndim == 3: array = _drop_alpha(array, path)
-    if array.dtype == np.uint8: return array.astype(np.float32) / 255
-    if array.dtype == np.uint16: return array.astype(np.float32) / 65535
-    if array.dtype == np.bool_: return array.astype(np.float32)
+    if array.ndim == 3:
+        array = _drop_alpha(array, path)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
     if array.dtype.kind == 'f':
         bad = int((~np.isfinite(array)).sum())
-        if bad: raise ImageError(f'{path}: {bad} non-finite values (NaN or inf) in a float image')
+        if bad:
+            raise ImageError(f'{path}: {bad} non-finite values (NaN or inf) in a float image')
         if float_range is None:
-            raise ImageError(f'{path}: float image needs a float_range (lo, hi) for its dataset (see dataset_float_range); values span [{array.min():g}, {array.max():g}]')
+            raise ImageError(
+                f'{path}: float image needs a float_range (lo, hi) for its dataset (see dataset_float_range); values span [{array.min():g}, {array.max():g}]'
+            )
         return scale_float(array, float_range)
     raise ImageError(f'{path}: unsupported sample type {array.dtype}; expected uint8, uint16 or float')
 
@@ -156,33 +189,39 @@ def to_unit(array, path='image', float_range=None):
 def read_image(path, float_range=None):
     "Read an image file as a float32 tensor (3,H,W) in [0, 1]: gray repeated to 3 channels, 16-bit divided by 65535, float data mapped with the dataset's `float_range` and clipped."
     unit = to_unit(read_array(path), path, float_range)
-    if unit.ndim == 2: unit = np.repeat(unit[..., None], 3, axis=2)
+    if unit.ndim == 2:
+        unit = np.repeat(unit[..., None], 3, axis=2)
     return torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
 
 # %% ../nbs/00_data.ipynb #2cb4003a
 def read_mask(path):
     "Read a defect mask as a float32 tensor (1,H,W) in {0, 1} (see the rule above)."
     array = read_array(path)
-    if array.ndim == 3: array = array[..., :3].max(-1) if array.shape[2] != 2 else array[..., 0]
+    if array.ndim == 3:
+        array = array[..., :3].max(-1) if array.shape[2] != 2 else array[..., 0]
     if array.dtype.kind == 'f':
-        if not np.isfinite(array).all(): raise ImageError(f'{path}: non-finite values in a float mask')
+        if not np.isfinite(array).all():
+            raise ImageError(f'{path}: non-finite values in a float mask')
         binary = array > 0.5
     elif array.dtype.kind in 'biu':
         binary = array > 0 if array.max() <= 1 else array >= (np.iinfo(array.dtype).max + 1) // 2
-    else: raise ImageError(f'{path}: unsupported mask sample type {array.dtype}')
+    else:
+        raise ImageError(f'{path}: unsupported mask sample type {array.dtype}')
     return torch.from_numpy(binary.astype(np.float32))[None]
 
 # %% ../nbs/00_data.ipynb #47a37052
 def _size_pair(size):
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if int(h) != h or int(w) != w or h < 1 or w < 1: raise ValueError(f'image_size must be an int or (h, w) of positive ints, got {size!r}')
+    if int(h) != h or int(w) != w or h < 1 or w < 1:
+        raise ValueError(f'image_size must be an int or (h, w) of positive ints, got {size!r}')
     return int(h), int(w)
 
 # %% ../nbs/00_data.ipynb #d5528f20
 def resize_image(image, size):
     "Resize an image (3,H,W) or batch (B,3,H,W) to `size` (int or (h, w)) bilinearly, antialiased, staying in [0, 1]."
     size = _size_pair(size)
-    if tuple(image.shape[-2:]) == size: return image
+    if tuple(image.shape[-2:]) == size:
+        return image
     batch = image if image.ndim == 4 else image[None]
     out = F.interpolate(batch, size=size, mode='bilinear', align_corners=False, antialias=True).clamp_(0, 1)
     return out if image.ndim == 4 else out[0]
@@ -191,7 +230,8 @@ def resize_image(image, size):
 def resize_mask(mask, size):
     "Resize a mask (1,H,W) or (B,1,H,W) to `size` with nearest neighbour (it stays binary)."
     size = _size_pair(size)
-    if tuple(mask.shape[-2:]) == size: return mask
+    if tuple(mask.shape[-2:]) == size:
+        return mask
     batch = mask if mask.ndim == 4 else mask[None]
     out = F.interpolate(batch, size=size, mode='nearest-exact')
     return out if mask.ndim == 4 else out[0]
@@ -200,20 +240,31 @@ def resize_mask(mask, size):
 def dataset_float_range(paths):
     "The float range (lo, hi) of a dataset: min and max over all values of the float images at `paths` (its training images)."
     paths = list(paths)
-    if not paths: raise ImageError('dataset_float_range: no image files given')
+    if not paths:
+        raise ImageError('dataset_float_range: no image files given')
     lo, hi = math.inf, -math.inf
     for path in paths:
         array = read_array(path)
-        if array.dtype.kind != 'f': raise ImageError(f'{path}: {array.dtype} image in a float dataset (float_range applies to float images only)')
-        if not np.isfinite(array).all(): raise ImageError(f'{path}: {int((~np.isfinite(array)).sum())} non-finite values (NaN or inf) in a float image')
+        if array.dtype.kind != 'f':
+            raise ImageError(
+                f'{path}: {array.dtype} image in a float dataset (float_range applies to float images only)'
+            )
+        if not np.isfinite(array).all():
+            raise ImageError(
+                f'{path}: {int((~np.isfinite(array)).sum())} non-finite values (NaN or inf) in a float image'
+            )
         lo, hi = min(lo, float(array.min())), max(hi, float(array.max()))
-    if not hi > lo: raise ImageError(f'dataset_float_range: all {len(paths)} images hold the single value {lo:g}; no range to scale by')
+    if not hi > lo:
+        raise ImageError(
+            f'dataset_float_range: all {len(paths)} images hold the single value {lo:g}; no range to scale by'
+        )
     return lo, hi
 
 # %% ../nbs/00_data.ipynb #20dc21eb
 @dataclass(frozen=True)
 class SeverityLabel:
     "One row of a severity CSV: continuous severity (NaN unknown) and ordinal level (-1 unknown)."
+
     severity: float
     level: int
 
@@ -222,48 +273,71 @@ def read_severity_csv(path, root=None):
     "Read a severity CSV (`path,severity[,level]`, paths relative to `root`, default the CSV's folder) into {resolved file path: SeverityLabel}; `ImageError` with the line number for bad rows."
     path = Path(path)
     root = Path(root) if root is not None else path.parent
-    if not path.is_file(): raise ImageError(f'{path}: severity CSV not found')
+    if not path.is_file():
+        raise ImageError(f'{path}: severity CSV not found')
     labels, seen = {}, {}
     with open(path, newline='') as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
         if 'path' not in header or 'severity' not in header:
-            raise ImageError(f'{path}: line 1: header must name the columns path,severity[,level]; got {",".join(header) or "nothing"}')
+            raise ImageError(
+                f'{path}: line 1: header must name the columns path,severity[,level]; got {",".join(header) or "nothing"}'
+            )
         ip, isv = header.index('path'), header.index('severity')
         il = header.index('level') if 'level' in header else None
         for line, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row): continue
-            def cell(i): return row[i].strip() if i is not None and i < len(row) else ''
+            if not any(cell.strip() for cell in row):
+                continue
+
+            def cell(i):
+                return row[i].strip() if i is not None and i < len(row) else ''
+
             where = f'{path}: line {line}'
             name = cell(ip)
-            if not name: raise ImageError(f'{where}: empty path')
+            if not name:
+                raise ImageError(f'{where}: empty path')
             file = (root / name).resolve()
-            if not file.is_file(): raise ImageError(f'{where}: file {name!r} not found under {root}')
-            try: severity = float(cell(isv)) if cell(isv) else math.nan
-            except ValueError: raise ImageError(f'{where}: severity {cell(isv)!r} is not a number') from None
-            if math.isinf(severity) or severity < 0: raise ImageError(f'{where}: severity {cell(isv)!r} must be a finite number >= 0 (or empty / nan for unknown)')
+            if not file.is_file():
+                raise ImageError(f'{where}: file {name!r} not found under {root}')
+            try:
+                severity = float(cell(isv)) if cell(isv) else math.nan
+            except ValueError:
+                raise ImageError(f'{where}: severity {cell(isv)!r} is not a number') from None
+            if math.isinf(severity) or severity < 0:
+                raise ImageError(
+                    f'{where}: severity {cell(isv)!r} must be a finite number >= 0 (or empty / nan for unknown)'
+                )
             if cell(il):
-                try: level = float(cell(il))
-                except ValueError: raise ImageError(f'{where}: level {cell(il)!r} is not a number') from None
-                if level != int(level) or not -1 <= level <= 4: raise ImageError(f'{where}: level {cell(il)!r} must be an integer from -1 (unknown) to 4')
+                try:
+                    level = float(cell(il))
+                except ValueError:
+                    raise ImageError(f'{where}: level {cell(il)!r} is not a number') from None
+                if level != int(level) or not -1 <= level <= 4:
+                    raise ImageError(f'{where}: level {cell(il)!r} must be an integer from -1 (unknown) to 4')
                 level = int(level)
-            else: level = severity_level(severity)
-            if file in seen: raise ImageError(f'{where}: {name!r} already labelled on line {seen[file]}')
+            else:
+                level = severity_level(severity)
+            if file in seen:
+                raise ImageError(f'{where}: {name!r} already labelled on line {seen[file]}')
             seen[file] = line
             labels[file] = SeverityLabel(severity, level)
     return labels
 
 # %% ../nbs/00_data.ipynb #40690a74
-def _is_domain(folder): return (folder / 'train').is_dir() or (folder / 'test').is_dir()
+def _is_domain(folder):
+    return (folder / 'train').is_dir() or (folder / 'test').is_dir()
 
 # %% ../nbs/00_data.ipynb #38476340
 def find_domains(root):
     "The categories (MVTec) or domains (HDMAP) of a dataset: {name: folder}; a single-category root gives {root name: root}."
     root = Path(root)
-    if not root.is_dir(): raise ImageError(f'{root}: dataset folder not found')
-    if _is_domain(root): return {root.name: root}
+    if not root.is_dir():
+        raise ImageError(f'{root}: dataset folder not found')
+    if _is_domain(root):
+        return {root.name: root}
     domains = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith('.') and _is_domain(d)}
-    if not domains: raise ImageError(f'{root}: no dataset found: expected <root>/<domain>/train/good (MVTec AD or HDMAP layout)')
+    if not domains:
+        raise ImageError(f'{root}: no dataset found: expected <root>/<domain>/train/good (MVTec AD or HDMAP layout)')
     return domains
 
 # %% ../nbs/00_data.ipynb #c2216b34
@@ -271,21 +345,29 @@ def _image_files(folder):
     "Image files of a folder, sorted; other non-hidden files are reported with a warning."
     files, others = [], []
     for f in sorted(folder.iterdir()):
-        if f.name.startswith('.') or not f.is_file(): continue
+        if f.name.startswith('.') or not f.is_file():
+            continue
         (files if f.suffix.lower() in IMAGE_EXTENSIONS else others).append(f)
-    if others: warnings.warn(f'{folder}: {len(others)} files skipped (not images): {", ".join(f.name for f in others[:3])}', ImageWarning, stacklevel=3)
+    if others:
+        warnings.warn(
+            f'{folder}: {len(others)} files skipped (not images): {", ".join(f.name for f in others[:3])}',
+            ImageWarning,
+            stacklevel=3,
+        )
     return files
 
 # %% ../nbs/00_data.ipynb #22b19935
 def detect_layout(root):
     "'hdmap' when a dataset's images are TIFF or it has no ground_truth folder, else 'mvtec'."
     domains = find_domains(root)
-    if not any((d / 'ground_truth').is_dir() for d in domains.values()): return 'hdmap'
+    if not any((d / 'ground_truth').is_dir() for d in domains.values()):
+        return 'hdmap'
     for d in domains.values():
         for split in ('train', 'test'):
             for sub in sorted((d / split).glob('*')) if (d / split).is_dir() else []:
                 files = [f for f in sub.glob('*') if f.suffix.lower() in IMAGE_EXTENSIONS]
-                if files: return 'hdmap' if files[0].suffix.lower() in ('.tif', '.tiff') else 'mvtec'
+                if files:
+                    return 'hdmap' if files[0].suffix.lower() in ('.tif', '.tiff') else 'mvtec'
     return 'mvtec'
 
 # %% ../nbs/00_data.ipynb #a9936345
@@ -293,13 +375,15 @@ def _find_mask(domain_dir, defect, image_path):
     folder = domain_dir / 'ground_truth' / defect
     for stem in (image_path.stem + '_mask', image_path.stem):
         for ext in IMAGE_EXTENSIONS:
-            if (folder / (stem + ext)).is_file(): return folder / (stem + ext)
+            if (folder / (stem + ext)).is_file():
+                return folder / (stem + ext)
     return None
 
 # %% ../nbs/00_data.ipynb #08c46ae0
 @dataclass(frozen=True)
 class Sample:
     "One image of a folder dataset, before reading: where it is and what is known about it."
+
     path: Path
     domain: str
     defect: str
@@ -311,14 +395,19 @@ class Sample:
 # %% ../nbs/00_data.ipynb #4e10f900
 class FolderDataset(torch.utils.data.Dataset):
     "Images of a dataset folder in the MVTec AD or HDMAP layout as items {image, mask, label, defect, severity, level, path}."
-    def __init__(self, root, split='train', domain=None, image_size=None, float_range=None, severity_csv='auto', transform=None):
-        if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def __init__(
+        self, root, split='train', domain=None, image_size=None, float_range=None, severity_csv='auto', transform=None
+    ):
+        if split not in ('train', 'test'):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root, self.split, self.transform = Path(root), split, transform
         all_domains = find_domains(self.root)
         self.layout = detect_layout(self.root)
         names = list(all_domains) if domain is None else [domain] if isinstance(domain, str) else list(domain)
         missing = [n for n in names if n not in all_domains]
-        if missing: raise ImageError(f'{self.root}: no domain {", ".join(map(repr, missing))}; found {", ".join(all_domains)}')
+        if missing:
+            raise ImageError(f'{self.root}: no domain {", ".join(map(repr, missing))}; found {", ".join(all_domains)}')
         self.domains = names
         self.image_size = None if image_size is None else _size_pair(image_size)
         if self.image_size and min(self.image_size) < PATCH_SIZE:
@@ -331,40 +420,68 @@ class FolderDataset(torch.utils.data.Dataset):
         self.has_masks = bool(faulty) and all(s.mask_path is not None for s in faulty)
 
     def _csv_path(self, severity_csv):
-        if severity_csv == 'auto': return self.root / 'severity.csv' if (self.root / 'severity.csv').is_file() else None
-        if not severity_csv: return None
+        if severity_csv == 'auto':
+            return self.root / 'severity.csv' if (self.root / 'severity.csv').is_file() else None
+        if not severity_csv:
+            return None
         path = Path(severity_csv)
-        if not path.is_file(): raise ImageError(f'{path}: severity CSV not found')
+        if not path.is_file():
+            raise ImageError(f'{path}: severity CSV not found')
         return path
 
     def _list(self, name, folder, labels):
         split_dir = folder / self.split
-        if not split_dir.is_dir(): raise ImageError(f'{split_dir}: no {self.split} folder for domain {name!r}')
+        if not split_dir.is_dir():
+            raise ImageError(f'{split_dir}: no {self.split} folder for domain {name!r}')
         defects = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith('.'))
         if self.split == 'train':
-            if 'good' not in defects: raise ImageError(f'{split_dir}: no good training images (expected {split_dir / "good"})')
+            if 'good' not in defects:
+                raise ImageError(f'{split_dir}: no good training images (expected {split_dir / "good"})')
             skipped = [d for d in defects if d != 'good']
-            if skipped: warnings.warn(f'{split_dir}: training uses only good images; skipped {", ".join(skipped)}', ImageWarning, stacklevel=3)
+            if skipped:
+                warnings.warn(
+                    f'{split_dir}: training uses only good images; skipped {", ".join(skipped)}',
+                    ImageWarning,
+                    stacklevel=3,
+                )
             defects = ['good']
         samples = []
         for defect in defects:
             files = _image_files(split_dir / defect)
-            if not files: warnings.warn(f'{split_dir / defect}: empty folder', ImageWarning, stacklevel=3)
+            if not files:
+                warnings.warn(f'{split_dir / defect}: empty folder', ImageWarning, stacklevel=3)
             for f in files:
-                if defect == 'good': samples.append(Sample(f, name, 'good', 0, None, 0.0, 0)); continue
+                if defect == 'good':
+                    samples.append(Sample(f, name, 'good', 0, None, 0.0, 0))
+                    continue
                 label = labels.get(f.resolve(), SeverityLabel(math.nan, -1))
                 samples.append(Sample(f, name, defect, 1, _find_mask(folder, defect, f), label.severity, label.level))
-        if not samples: raise ImageError(f'{split_dir}: no {"good training " if self.split == "train" else ""}images (folders: {", ".join(defects) or "none"})')
+        if not samples:
+            raise ImageError(
+                f'{split_dir}: no {"good training " if self.split == "train" else ""}images (folders: {", ".join(defects) or "none"})'
+            )
         return samples
 
     def _float_range(self, float_range, all_domains):
-        if float_range is not None: return _check_float_range(float_range)
-        if read_array(self.samples[0].path).dtype.kind != 'f': return None
-        train = [f for n in self.domains for f in (_image_files(all_domains[n] / 'train' / 'good') if (all_domains[n] / 'train' / 'good').is_dir() else [])]
-        if not train: raise ImageError(f'{self.root}: float images need a float_range, and there are no training images of {", ".join(self.domains)} to compute it from')
+        if float_range is not None:
+            return _check_float_range(float_range)
+        if read_array(self.samples[0].path).dtype.kind != 'f':
+            return None
+        train = [
+            f
+            for n in self.domains
+            for f in (
+                _image_files(all_domains[n] / 'train' / 'good') if (all_domains[n] / 'train' / 'good').is_dir() else []
+            )
+        ]
+        if not train:
+            raise ImageError(
+                f'{self.root}: float images need a float_range, and there are no training images of {", ".join(self.domains)} to compute it from'
+            )
         return dataset_float_range(train)
 
-    def __len__(self): return len(self.samples)
+    def __len__(self):
+        return len(self.samples)
 
     def __getitem__(self, i):
         s = self.samples[i]
@@ -373,27 +490,48 @@ class FolderDataset(torch.utils.data.Dataset):
         if s.mask_path is not None:
             mask = read_mask(s.mask_path)
             if mask.shape[-2:] != image.shape[-2:]:
-                raise ImageError(f'mask {s.mask_path} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but image {s.path} is {W}x{H}')
-        else: mask = torch.zeros(1, H, W)
-        if min(H, W) < PATCH_SIZE:  # less than one token of detail: upscaling would invent it, so this is a wrong file, not a small image
-            raise ImageError(f'{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder\'s token); is it the right file?')
-        if self.image_size: image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
-        item = dict(image=image, mask=mask, label=s.label, defect=s.defect, severity=float(s.severity), level=int(s.level), path=str(s.path))
+                raise ImageError(
+                    f'mask {s.mask_path} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but image {s.path} is {W}x{H}'
+                )
+        else:
+            mask = torch.zeros(1, H, W)
+        if (
+            min(H, W) < PATCH_SIZE
+        ):  # less than one token of detail: upscaling would invent it, so this is a wrong file, not a small image
+            raise ImageError(
+                f"{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder's token); is it the right file?"
+            )
+        if self.image_size:
+            image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
+        item = dict(
+            image=image,
+            mask=mask,
+            label=s.label,
+            defect=s.defect,
+            severity=float(s.severity),
+            level=int(s.level),
+            path=str(s.path),
+        )
         return self.transform(item) if self.transform else item
 
     def check(self):
         "Read every item; raise one `ImageError` listing every bad file (first 20), else return the number of items."
         errors = []
         for i in range(len(self)):
-            try: self[i]
-            except ImageError as e: errors.append(str(e))
-        if errors: raise ImageError(f'{len(errors)} of {len(self)} items are bad:\n' + '\n'.join(errors[:20]))
+            try:
+                self[i]
+            except ImageError as e:
+                errors.append(str(e))
+        if errors:
+            raise ImageError(f'{len(errors)} of {len(self)} items are bad:\n' + '\n'.join(errors[:20]))
         return len(self)
 
     def __repr__(self):
         faulty = sum(s.label for s in self.samples)
-        return (f'FolderDataset({str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, domains={self.domains}, '
-                f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, float_range={self.float_range})')
+        return (
+            f'FolderDataset({str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, domains={self.domains}, '
+            f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, float_range={self.float_range})'
+        )
 
 # %% ../nbs/00_data.ipynb #38828328
 def atomic_write(path, write) -> Path:
@@ -404,11 +542,14 @@ def atomic_write(path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp): os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
+
 
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."

@@ -29,9 +29,11 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/04_dinomaly.ipynb #8433236c
 class LinearAttention(nn.Module):
     "Multi-head linear attention of Dinomaly's decoder: phi(x) = elu(x) + 1 on queries and keys, `out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / (phi(q_i) . sum_j phi(k_j) + eps)`, then an output projection."
+
     def __init__(self, dim, num_heads, qkv_bias=True, eps=1e-6):
         super().__init__()
-        if dim % num_heads: raise ValueError(f'LinearAttention: dim {dim} is not divisible by num_heads {num_heads}')
+        if dim % num_heads:
+            raise ValueError(f'LinearAttention: dim {dim} is not divisible by num_heads {num_heads}')
         self.num_heads, self.eps = num_heads, eps
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -45,14 +47,15 @@ class LinearAttention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.feature_maps(x)
-        context = k.transpose(-2, -1) @ v                                # (B, h, d, d): sum_j phi(k_j) v_j^T
-        normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                       # (B, h, N, 1): phi(q_i) . sum_j phi(k_j)
+        context = k.transpose(-2, -1) @ v  # (B, h, d, d): sum_j phi(k_j) v_j^T
+        normaliser = q @ k.sum(dim=-2).unsqueeze(-1)  # (B, h, N, 1): phi(q_i) . sum_j phi(k_j)
         out = (q @ context) / (normaliser + self.eps)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 # %% ../nbs/04_dinomaly.ipynb #e88c0426
 class DecoderBlock(nn.Module):
     "Pre-norm ViT block with linear attention: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."
+
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-8, attention_eps=1e-6):
         super().__init__()
         hidden = int(dim * mlp_ratio)
@@ -68,6 +71,7 @@ class DecoderBlock(nn.Module):
 # %% ../nbs/04_dinomaly.ipynb #083655af
 class NoisyBottleneck(nn.Module):
     "Dinomaly's bottleneck: MLP `dim -> hidden -> dim` with GELU and dropout on its input, hidden layer and output."
+
     def __init__(self, dim, hidden=None, dropout=0.2):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden or 4 * dim)
@@ -85,14 +89,17 @@ def init_dinomaly_weights(module):
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.01, a=-0.03, b=0.03)
-            if m.bias is not None: nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 # %% ../nbs/04_dinomaly.ipynb #07a117c6
 @dataclass
 class DinomalyFeatures:
     "One forward pass of `Dinomaly`: fused encoder groups `en` and decoder groups `de` (lists of (B, N, D)), the bottleneck output (B, N, D), the token grid (h, w) with N = h*w, and the raw parts (encoder taps in tap order, bottleneck input, decoder block outputs last block first)."
+
     en: list
     de: list
     bottleneck: torch.Tensor
@@ -101,9 +108,11 @@ class DinomalyFeatures:
     bottleneck_input: torch.Tensor = None
     decoder_outputs: list = None
 
+
 @dataclass
 class Prediction:
     "What inference returns per image: the anomaly map (B,1,H,W) at input resolution, the image score (B,) and, for models with a severity head, the severity (B,) (None otherwise)."
+
     anomaly_map: torch.Tensor
     score: torch.Tensor
     severity: torch.Tensor = None
@@ -112,18 +121,20 @@ class Prediction:
 def gaussian_kernel(size=5, sigma=4.0):
     "Normalised 2-D Gaussian kernel (size, size), centred, as Dinomaly smooths its maps."
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
     return (g / g.sum()).float()
 
 # %% ../nbs/04_dinomaly.ipynb #c8d333c5
 def hard_mining_p(step, p_final=0.9, warm_steps=1000):
     "Share of 'easy' points whose gradient hard mining damps at `step`: `min(p_final * step / warm_steps, p_final)`."
-    if warm_steps <= 0: return p_final
+    if warm_steps <= 0:
+        return p_final
     return min(p_final * step / warm_steps, p_final)
 
 # %% ../nbs/04_dinomaly.ipynb #8111617d
 class _ScaleGrad(torch.autograd.Function):
     "Identity forward; backward multiplies the gradient by `scale` (broadcast)."
+
     @staticmethod
     def forward(ctx, x, scale):
         ctx.save_for_backward(scale)
@@ -137,51 +148,88 @@ class _ScaleGrad(torch.autograd.Function):
 # %% ../nbs/04_dinomaly.ipynb #39501d42
 def patch_method(cls):
     "Decorator: attach the function to `cls` as a method of the same name, so a class can be written across notebook cells."
+
     def attach(f):
         f.__qualname__ = f'{cls.__name__}.{f.__name__}'
         setattr(cls, f.__name__, f)
         return f
+
     return attach
 
 # %% ../nbs/04_dinomaly.ipynb #635e1c13
 def _pair(size, what):
-    if isinstance(size, int): return (size, size)
+    if isinstance(size, int):
+        return (size, size)
     size = tuple(int(s) for s in size)
-    if len(size) != 2: raise ValueError(f'Dinomaly: {what} must be an int or (h, w), got {size}')
+    if len(size) != 2:
+        raise ValueError(f'Dinomaly: {what} must be an int or (h, w), got {size}')
     return size
 
 # %% ../nbs/04_dinomaly.ipynb #69b9353b
 class Dinomaly(nn.Module):
     "Dinomaly (Guo et al., CVPR 2025): frozen `encoder` (a `DinoEncoder`, or a timm name for `DinoEncoder(name)`) taps -> mean -> noisy bottleneck -> linear-attention decoder; anomaly = 1 - cosine between fused encoder and decoder groups."
-    def __init__(self, encoder, bottleneck_dropout=0.2, decoder_depth=8, fuse_groups=((0, 1, 2, 3), (4, 5, 6, 7)),
-                 mlp_ratio=4.0, remove_class_token=True, score_ratio=0.01, score_size=256, score_sigma=4.0,
-                 score_kernel=5, attention_eps=1e-6, hm_factor=0.1, hm_p_final=0.9, hm_warm_steps=1000):
+
+    def __init__(
+        self,
+        encoder,
+        bottleneck_dropout=0.2,
+        decoder_depth=8,
+        fuse_groups=((0, 1, 2, 3), (4, 5, 6, 7)),
+        mlp_ratio=4.0,
+        remove_class_token=True,
+        score_ratio=0.01,
+        score_size=256,
+        score_sigma=4.0,
+        score_kernel=5,
+        attention_eps=1e-6,
+        hm_factor=0.1,
+        hm_p_final=0.9,
+        hm_warm_steps=1000,
+    ):
         super().__init__()
-        if isinstance(encoder, str): encoder = DinoEncoder(encoder)
+        if isinstance(encoder, str):
+            encoder = DinoEncoder(encoder)
         if not remove_class_token:
-            raise ValueError('Dinomaly: remove_class_token=False is not supported: DinoEncoder returns patch tokens only, '
-                             'so class and register tokens never reach the bottleneck (as the paper describes)')
+            raise ValueError(
+                'Dinomaly: remove_class_token=False is not supported: DinoEncoder returns patch tokens only, '
+                'so class and register tokens never reach the bottleneck (as the paper describes)'
+            )
         for attr in ('embed_dim', 'num_heads', 'taps', 'grid'):
-            if not hasattr(encoder, attr): raise TypeError(f'Dinomaly: the encoder has no `{attr}` (expected a sevdino DinoEncoder)')
+            if not hasattr(encoder, attr):
+                raise TypeError(f'Dinomaly: the encoder has no `{attr}` (expected a sevdino DinoEncoder)')
         fuse_groups = tuple(tuple(int(i) for i in g) for g in fuse_groups)
         n_taps = len(encoder.taps)
         if not fuse_groups or any(not g for g in fuse_groups):
             raise ValueError(f'Dinomaly: fuse_groups must be non-empty groups of indices, got {fuse_groups}')
         bad = [i for g in fuse_groups for i in g if not 0 <= i < min(n_taps, decoder_depth)]
-        if bad: raise ValueError(f'Dinomaly: fuse_groups {fuse_groups} index {bad} outside the {n_taps} encoder taps '
-                                 f'or the {decoder_depth} decoder blocks')
-        if not 0 < score_ratio <= 1: raise ValueError(f'Dinomaly: score_ratio must be in (0, 1], got {score_ratio}')
+        if bad:
+            raise ValueError(
+                f'Dinomaly: fuse_groups {fuse_groups} index {bad} outside the {n_taps} encoder taps '
+                f'or the {decoder_depth} decoder blocks'
+            )
+        if not 0 < score_ratio <= 1:
+            raise ValueError(f'Dinomaly: score_ratio must be in (0, 1], got {score_ratio}')
         self.encoder = encoder
-        for p in self.encoder.parameters(): p.requires_grad_(False)
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
         dim, heads = encoder.embed_dim, encoder.num_heads
         self.fuse_groups, self.remove_class_token = fuse_groups, remove_class_token
-        self.score_ratio, self.score_size, self.score_sigma, self.score_kernel = score_ratio, score_size, score_sigma, score_kernel
+        self.score_ratio, self.score_size, self.score_sigma, self.score_kernel = (
+            score_ratio,
+            score_size,
+            score_sigma,
+            score_kernel,
+        )
         self.hm_factor, self.hm_p_final, self.hm_warm_steps = hm_factor, hm_p_final, hm_warm_steps
         self.bottleneck = NoisyBottleneck(dim, int(dim * 4), dropout=bottleneck_dropout)
-        self.decoder = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio=mlp_ratio, attention_eps=attention_eps)
-                                     for _ in range(decoder_depth))
-        init_dinomaly_weights(self.bottleneck); init_dinomaly_weights(self.decoder)
-        self.register_buffer('score_kernel_weights', gaussian_kernel(score_kernel, score_sigma)[None, None], persistent=False)
+        self.decoder = nn.ModuleList(
+            DecoderBlock(dim, heads, mlp_ratio=mlp_ratio, attention_eps=attention_eps) for _ in range(decoder_depth)
+        )
+        init_dinomaly_weights(self.bottleneck)
+        init_dinomaly_weights(self.decoder)
+        self.register_buffer(
+            'score_kernel_weights', gaussian_kernel(score_kernel, score_sigma)[None, None], persistent=False
+        )
 
     def train(self, mode=True):
         "Set train/eval mode of bottleneck and decoder; the frozen encoder always stays in eval mode."
@@ -219,23 +267,30 @@ class Dinomaly(nn.Module):
         bottleneck_input = torch.stack(taps).mean(0)
         bottleneck = self.bottleneck(bottleneck_input)
         decoder_outputs = self.decode(bottleneck)
-        return DinomalyFeatures(en=self.fuse(taps, self.fuse_groups), de=self.fuse(decoder_outputs, self.fuse_groups),
-                                bottleneck=bottleneck, grid=tuple(self.encoder.grid(*images.shape[-2:])), taps=taps,
-                                bottleneck_input=bottleneck_input, decoder_outputs=decoder_outputs)
+        return DinomalyFeatures(
+            en=self.fuse(taps, self.fuse_groups),
+            de=self.fuse(decoder_outputs, self.fuse_groups),
+            bottleneck=bottleneck,
+            grid=tuple(self.encoder.grid(*images.shape[-2:])),
+            taps=taps,
+            bottleneck_input=bottleneck_input,
+            decoder_outputs=decoder_outputs,
+        )
 
     forward = forward_features
 
 # %% ../nbs/04_dinomaly.ipynb #d31fe28e
 def cosine_reconstruction_loss(en, de, p=0.0, factor=0.1):
     "Dinomaly's loss: mean over groups of the batch mean of `1 - cosine(flatten(en_g.detach()), flatten(de_g))`; with `p > 0` the gradient at locations whose cosine distance is below the top-(1 - p) threshold is multiplied by `factor`."
-    if len(en) != len(de): raise ValueError(f'cosine_reconstruction_loss: {len(en)} encoder groups but {len(de)} decoder groups')
+    if len(en) != len(de):
+        raise ValueError(f'cosine_reconstruction_loss: {len(en)} encoder groups but {len(de)} decoder groups')
     loss = 0.0
     for e, d in zip(en, de):
         e = e.detach().float()
         if p > 0:
             with torch.no_grad():
-                distance = 1 - F.cosine_similarity(e, d.float(), dim=-1)                  # (B, N)
-                k = max(math.floor(distance.numel() * (1 - p) + 1e-6), 1)   # the reference's int(), safe from round-off
+                distance = 1 - F.cosine_similarity(e, d.float(), dim=-1)  # (B, N)
+                k = max(math.floor(distance.numel() * (1 - p) + 1e-6), 1)  # the reference's int(), safe from round-off
                 threshold = torch.topk(distance.flatten(), k).values[-1]
                 scale = torch.where(distance < threshold, factor, 1.0).unsqueeze(-1)
             d = _ScaleGrad.apply(d, scale)
@@ -249,13 +304,15 @@ def _check_samples(samples, batch):
         raise ValueError(f'Dinomaly: samples mask has shape {tuple(samples.shape)}, expected ({batch},)')
     return samples
 
+
 @patch_method(Dinomaly)
 def reconstruction_loss(self, en, de, step, samples=None):
     "Hard-mined cosine loss of `cosine_reconstruction_loss` at training `step` (p from `hard_mining_p` with the model's `hm_p_final`, `hm_warm_steps`, factor `hm_factor`); `samples` (bool mask or indices) selects the batch items that count."
     if samples is not None:
         samples = _check_samples(samples, en[0].shape[0]).to(en[0].device)
         en, de = [e[samples] for e in en], [d[samples] for d in de]
-        if en[0].shape[0] == 0: return sum(d.sum() for d in de) * 0.0   # no item selected: zero, still part of the graph
+        if en[0].shape[0] == 0:
+            return sum(d.sum() for d in de) * 0.0  # no item selected: zero, still part of the graph
     p = hard_mining_p(step, self.hm_p_final, self.hm_warm_steps)
     return cosine_reconstruction_loss(en, de, p=p, factor=self.hm_factor)
 
@@ -274,25 +331,34 @@ def anomaly_maps(self, features, out_size):
         group_maps.append(F.interpolate(distance, size=out_size, mode='bilinear', align_corners=True))
     return torch.cat(group_maps, 1).mean(1, keepdim=True), group_maps
 
+
 @patch_method(Dinomaly)
 def smooth(self, anomaly_map):
     "The map (B,1,H,W) convolved with the `score_kernel` x `score_kernel` Gaussian of sigma `score_sigma` (zero padding, same size), in float32 even under autocast."
     if anomaly_map.ndim != 4 or anomaly_map.shape[1] != 1:
         raise ValueError(f'Dinomaly: anomaly_map must be (B, 1, H, W), got {tuple(anomaly_map.shape)}')
     B, _, H, W = anomaly_map.shape
-    if B == 0: return anomaly_map.float()
+    if B == 0:
+        return anomaly_map.float()
     kernel = self.score_kernel_weights.to(anomaly_map.device, torch.float32)
     with torch.autocast(anomaly_map.device.type, enabled=False):
         # the batch as the channels of one depthwise convolution (one fast kernel call instead of B slow ones)
-        out = F.conv2d(anomaly_map.float().reshape(1, B, H, W), kernel.expand(B, 1, -1, -1),
-                       padding=kernel.shape[-1] // 2, groups=B)
+        out = F.conv2d(
+            anomaly_map.float().reshape(1, B, H, W),
+            kernel.expand(B, 1, -1, -1),
+            padding=kernel.shape[-1] // 2,
+            groups=B,
+        )
     return out.reshape(B, 1, H, W)
+
 
 @patch_method(Dinomaly)
 def _score_shape(self, h, w):
-    if not isinstance(self.score_size, int): return _pair(self.score_size, 'score_size')
+    if not isinstance(self.score_size, int):
+        return _pair(self.score_size, 'score_size')
     short = min(h, w)
     return (round(self.score_size * h / short), round(self.score_size * w / short))
+
 
 @patch_method(Dinomaly)
 def score_map(self, anomaly_map):
@@ -300,9 +366,13 @@ def score_map(self, anomaly_map):
     if anomaly_map.ndim != 4 or anomaly_map.shape[1] != 1:
         raise ValueError(f'Dinomaly: anomaly_map must be (B, 1, H, W), got {tuple(anomaly_map.shape)}')
     size = self._score_shape(*anomaly_map.shape[-2:])
-    resized = anomaly_map.float() if tuple(anomaly_map.shape[-2:]) == size else \
-        F.interpolate(anomaly_map.float(), size=size, mode='bilinear', align_corners=False)
+    resized = (
+        anomaly_map.float()
+        if tuple(anomaly_map.shape[-2:]) == size
+        else F.interpolate(anomaly_map.float(), size=size, mode='bilinear', align_corners=False)
+    )
     return self.smooth(resized)
+
 
 @patch_method(Dinomaly)
 def image_score(self, anomaly_map):
@@ -311,11 +381,13 @@ def image_score(self, anomaly_map):
     k = max(int(flat.shape[1] * self.score_ratio), 1)
     return flat.topk(k, dim=1).values.mean(1)
 
+
 @patch_method(Dinomaly)
 def prediction_from_features(self, features, out_size):
     "`Prediction` (map Gaussian-smoothed at `out_size`, not normalised; score from the raw map) from features already computed."
     raw, _ = self.anomaly_maps(features, out_size)
     return Prediction(anomaly_map=self.smooth(raw).float(), score=self.image_score(raw).float())
+
 
 @patch_method(Dinomaly)
 def predict(self, images):
@@ -331,29 +403,47 @@ def predict(self, images):
 # %% ../nbs/04_dinomaly.ipynb #6df57adc
 class StableAdamW(torch.optim.Optimizer):
     "AdamW with per-tensor update clipping (Wortsman et al. 2023), as Dinomaly trains: step divided by `max(1, RMS(g / (sqrt(v_hat) + eps)) / clip_threshold)`; decoupled weight decay; optional AMSGrad."
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, clip_threshold=1.0):
+
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, clip_threshold=1.0
+    ):
         if lr < 0 or eps < 0 or weight_decay < 0 or clip_threshold <= 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f'StableAdamW: invalid setting lr={lr}, betas={betas}, eps={eps}, '
-                             f'weight_decay={weight_decay}, clip_threshold={clip_threshold}')
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      amsgrad=amsgrad, clip_threshold=clip_threshold))
+            raise ValueError(
+                f'StableAdamW: invalid setting lr={lr}, betas={betas}, eps={eps}, '
+                f'weight_decay={weight_decay}, clip_threshold={clip_threshold}'
+            )
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                clip_threshold=clip_threshold,
+            ),
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
         "One optimisation step; `closure` re-evaluates the loss (optional)."
         loss = None
         if closure is not None:
-            with torch.enable_grad(): loss = closure()
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group['params'] if p.grad is not None]
-            if not params: continue
-            if any(p.grad.is_sparse for p in params): raise RuntimeError('StableAdamW does not support sparse gradients')
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError('StableAdamW does not support sparse gradients')
             lr, (beta1, beta2), eps, amsgrad = group['lr'], group['betas'], group['eps'], group['amsgrad']
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
                 if not state:
                     state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                    if amsgrad: state['max_exp_avg_sq'] = torch.zeros_like(p)
+                    if amsgrad:
+                        state['max_exp_avg_sq'] = torch.zeros_like(p)
                 state['step'] += 1
             grads = [p.grad for p in params]
             exp_avgs, exp_avg_sqs = [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states]
@@ -365,7 +455,7 @@ class StableAdamW(torch.optim.Optimizer):
             if amsgrad:
                 second = [s['max_exp_avg_sq'] for s in states]
                 torch._foreach_maximum_(second, exp_avg_sqs)
-            denoms = torch._foreach_sqrt(second)                                   # sqrt(v_hat) + eps
+            denoms = torch._foreach_sqrt(second)  # sqrt(v_hat) + eps
             torch._foreach_div_(denoms, [math.sqrt(1 - beta2 ** s['step']) for s in states])
             torch._foreach_add_(denoms, eps)
             # update clipping: the step of each tensor shrinks by max(1, RMS(g / denom) / clip_threshold)
@@ -379,9 +469,11 @@ class StableAdamW(torch.optim.Optimizer):
 # %% ../nbs/04_dinomaly.ipynb #9f30948d
 GRAD_CLIP_NORM = 0.1
 
+
 def dinomaly_optimizer(params, lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-10, amsgrad=True):
     "StableAdamW with Dinomaly's settings; `params` is a `Dinomaly` (its trainable parameters are used) or an iterable of parameters."
-    if isinstance(params, Dinomaly): params = params.trainable_parameters()
+    if isinstance(params, Dinomaly):
+        params = params.trainable_parameters()
     return StableAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
 # %% ../nbs/04_dinomaly.ipynb #1098fa02
@@ -390,14 +482,21 @@ def warmup_cosine(step, total_steps, base_lr=2e-3, final_lr=2e-4, warmup_steps=1
     if total_steps <= warmup_steps:
         raise ValueError(f'warmup_cosine: total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})')
     if step < warmup_steps:
-        return warmup_start if warmup_steps == 1 else warmup_start + (base_lr - warmup_start) * step / (warmup_steps - 1)
-    if step >= total_steps: return final_lr
+        return (
+            warmup_start if warmup_steps == 1 else warmup_start + (base_lr - warmup_start) * step / (warmup_steps - 1)
+        )
+    if step >= total_steps:
+        return final_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * progress))
 
+
 def warmup_cosine_scheduler(optimizer, total_steps, final_lr=2e-4, warmup_steps=100, warmup_start=0.0):
     "`LambdaLR` following `warmup_cosine`, with each parameter group's lr as its base and the same absolute `final_lr`; call `.step()` after each optimiser step."
+
     def factor(base):
-        if base <= 0: raise ValueError(f'warmup_cosine_scheduler: the optimiser lr must be > 0, got {base}')
+        if base <= 0:
+            raise ValueError(f'warmup_cosine_scheduler: the optimiser lr must be > 0, got {base}')
         return lambda step: warmup_cosine(step, total_steps, base, final_lr, warmup_steps, warmup_start) / base
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g['lr']) for g in optimizer.param_groups])

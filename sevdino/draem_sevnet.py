@@ -41,11 +41,13 @@ from .metrics import MetricWarning
 # %% ../nbs/10_draem_sevnet.ipynb #70ce798a
 DEPTH = 5  # halvings in the discriminator (the reconstructive network has four)
 
-def pad_to_multiple(images, multiple=2 ** DEPTH):
+
+def pad_to_multiple(images, multiple=2**DEPTH):
     "Pad (B,C,H,W) at the bottom and right to multiples of `multiple` (reflection; replication where an image is too small to reflect). Returns the padded batch and the original (H, W)."
     H, W = images.shape[-2:]
     ph, pw = (-H) % multiple, (-W) % multiple
-    if ph == 0 and pw == 0: return images, (H, W)
+    if ph == 0 and pw == 0:
+        return images, (H, W)
     mode = 'reflect' if ph < H and pw < W else 'replicate'
     return F.pad(images, (0, pw, 0, ph), mode=mode), (H, W)
 
@@ -53,10 +55,12 @@ def pad_to_multiple(images, multiple=2 ** DEPTH):
 def _conv_bn_relu(cin, cout):
     return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
+
 def double_conv(cin, cout, mid=None):
     "DRAEM's block: two (3x3 convolution, batch norm, ReLU), `cin -> mid -> cout` (`mid` defaults to `cout`)."
     mid = cout if mid is None else mid
     return nn.Sequential(*_conv_bn_relu(cin, mid), *_conv_bn_relu(mid, cout))
+
 
 def up_conv(cin, cout):
     "DRAEM's up-sampling step: bilinear x2 (corners aligned), then one (3x3 convolution, batch norm, ReLU)."
@@ -65,31 +69,53 @@ def up_conv(cin, cout):
 # %% ../nbs/10_draem_sevnet.ipynb #9a19c4e2
 class ReconstructiveSubNetwork(nn.Module):
     "DRAEM's reconstructive sub-network: encoder (widths w, 2w, 4w, 8w, 8w; four halvings) and decoder without skip connections, `in_channels -> out_channels`; sides must be multiples of 16."
+
     def __init__(self, in_channels=3, out_channels=3, base_width=128):
         super().__init__()
         w = base_width
-        self.encoder = nn.ModuleList([double_conv(in_channels, w), double_conv(w, 2 * w), double_conv(2 * w, 4 * w),
-                                      double_conv(4 * w, 8 * w), double_conv(8 * w, 8 * w)])
+        self.encoder = nn.ModuleList(
+            [
+                double_conv(in_channels, w),
+                double_conv(w, 2 * w),
+                double_conv(2 * w, 4 * w),
+                double_conv(4 * w, 8 * w),
+                double_conv(8 * w, 8 * w),
+            ]
+        )
         self.up = nn.ModuleList([up_conv(8 * w, 8 * w), up_conv(4 * w, 4 * w), up_conv(2 * w, 2 * w), up_conv(w, w)])
-        self.decoder = nn.ModuleList([double_conv(8 * w, 4 * w, mid=8 * w), double_conv(4 * w, 2 * w, mid=4 * w),
-                                      double_conv(2 * w, w, mid=2 * w), double_conv(w, w)])
+        self.decoder = nn.ModuleList(
+            [
+                double_conv(8 * w, 4 * w, mid=8 * w),
+                double_conv(4 * w, 2 * w, mid=4 * w),
+                double_conv(2 * w, w, mid=2 * w),
+                double_conv(w, w),
+            ]
+        )
         self.out = nn.Conv2d(w, out_channels, kernel_size=3, padding=1)
 
     def forward(self, x):
-        for i, block in enumerate(self.encoder): x = block(F.max_pool2d(x, 2) if i else x)
-        for up, block in zip(self.up, self.decoder): x = block(up(x))
+        for i, block in enumerate(self.encoder):
+            x = block(F.max_pool2d(x, 2) if i else x)
+        for up, block in zip(self.up, self.decoder):
+            x = block(up(x))
         return self.out(x)
+
 
 class DiscriminativeSubNetwork(nn.Module):
     "DRAEM's discriminative sub-network: a U-Net (encoder widths w, 2w, 4w, 8w, 8w, 8w; five halvings) giving 2-class mask logits. `forward` returns `(logits, [b1, ..., b6])`, the encoder features from full resolution to the deepest; sides must be multiples of 32."
+
     def __init__(self, in_channels=6, out_channels=2, base_width=64):
         super().__init__()
         w = base_width
         self.widths = [w, 2 * w, 4 * w, 8 * w, 8 * w, 8 * w]
-        self.encoder = nn.ModuleList([double_conv(c_in, c_out) for c_in, c_out in zip([in_channels] + self.widths[:-1], self.widths)])
+        self.encoder = nn.ModuleList(
+            [double_conv(c_in, c_out) for c_in, c_out in zip([in_channels] + self.widths[:-1], self.widths)]
+        )
         decoded = [8 * w, 4 * w, 2 * w, w, w]  # widths after each up-sampling step, deepest first (DRAEM's code)
-        skips = self.widths[-2::-1]             # b5, b4, b3, b2, b1
-        self.up = nn.ModuleList([up_conv(c_in, c_out) for c_in, c_out in zip([self.widths[-1]] + decoded[:-1], decoded)])
+        skips = self.widths[-2::-1]  # b5, b4, b3, b2, b1
+        self.up = nn.ModuleList(
+            [up_conv(c_in, c_out) for c_in, c_out in zip([self.widths[-1]] + decoded[:-1], decoded)]
+        )
         self.decoder = nn.ModuleList([double_conv(c + s, c) for c, s in zip(decoded, skips)])
         self.out = nn.Conv2d(w, out_channels, kernel_size=3, padding=1)
 
@@ -102,33 +128,45 @@ class DiscriminativeSubNetwork(nn.Module):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.out(x), features
 
+
 def draem_init(module):
     "DRAEM's initialisation, in place: convolution weights N(0, 0.02), batch-norm weights N(1, 0.02) and biases 0 (convolution biases keep torch's default). Returns `module`."
     for m in module.modules():
-        if isinstance(m, nn.Conv2d): nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d): nn.init.normal_(m.weight, 1.0, 0.02); nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
     return module
 
 # %% ../nbs/10_draem_sevnet.ipynb #d95da5d0
 def gaussian_window(size=11, sigma=1.5):
     "Normalised 1-D Gaussian of `size` taps (DRAEM's SSIM window is its outer product)."
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(r**2) / (2 * sigma**2))
     return (g / g.sum()).float()
+
 
 def ssim_map(a, b, window_size=11, sigma=1.5, data_range=1.0):
     "Per-pixel SSIM (B,C,H,W) of image batches `a` and `b`: Gaussian window (zero padding, same size), constants (0.01 L)^2 and (0.03 L)^2, L = `data_range`."
-    if a.shape != b.shape or a.ndim != 4: raise ValueError(f'ssim: a {tuple(a.shape)} and b {tuple(b.shape)} must be (B, C, H, W) batches of one shape')
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f'ssim: a {tuple(a.shape)} and b {tuple(b.shape)} must be (B, C, H, W) batches of one shape')
     a, b = a.float(), b.float()
     C = a.shape[1]
     g = gaussian_window(window_size, sigma).to(a.device)
     kernel = (g[:, None] * g[None, :]).expand(C, 1, window_size, window_size).contiguous()
-    blur = lambda x: F.conv2d(x, kernel, padding=window_size // 2, groups=C)
-    with torch.autocast(a.device.type, enabled=False):  # variances are differences of near-equal means: bf16 would swamp them
+
+    def blur(x):
+        return F.conv2d(x, kernel, padding=window_size // 2, groups=C)
+
+    with torch.autocast(
+        a.device.type, enabled=False
+    ):  # variances are differences of near-equal means: bf16 would swamp them
         mu_a, mu_b = blur(a), blur(b)
-        var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+        var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
 
 def ssim(a, b, window_size=11, sigma=1.5, data_range=1.0):
     "Mean SSIM over pixels, channels and images (DRAEM's SSIM loss is `1 - ssim(reconstruction, clean)`)."
@@ -141,7 +179,8 @@ def focal_loss(logits, target, gamma=2.0, alpha=None, smooth=1e-5):
     class weights. As DRAEM computes it: the one-hot target clamped to [smooth / (K - 1), 1 - smooth] and `smooth` added
     to `p_t`, which bounds the loss of a confident mistake (about -log 1e-5 = 11.5 per pixel); `smooth=0` is the textbook
     form (from `log_softmax`)."""
-    if target.ndim == logits.ndim: target = target[:, 0]
+    if target.ndim == logits.ndim:
+        target = target[:, 0]
     target = target.long()
     if smooth == 0:
         log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0]
@@ -151,24 +190,28 @@ def focal_loss(logits, target, gamma=2.0, alpha=None, smooth=1e-5):
         one_hot = F.one_hot(target, K).movedim(-1, 1).float().clamp(smooth / max(K - 1, 1), 1 - smooth)
         p_t = (one_hot * logits.float().softmax(1)).sum(1) + smooth
         log_p = p_t.log()
-    loss = -(1 - p_t).clamp_min(0) ** gamma * log_p
-    if alpha is not None: loss = torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)[target] * loss
+    loss = -((1 - p_t).clamp_min(0) ** gamma) * log_p
+    if alpha is not None:
+        loss = torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)[target] * loss
     return loss.mean()
 
 # %% ../nbs/10_draem_sevnet.ipynb #d5aadd92
 PERLIN_THRESHOLD = 0.5
-MIN_PERLIN_CELL = 8   # px; DRAEM draws 1..32 cells per side of a 256 px image, cells of 8 px at least
-BETA_MAX = 0.8        # the texture is blended at opacity 1 - beta, beta ~ U(0, 0.8)
+MIN_PERLIN_CELL = 8  # px; DRAEM draws 1..32 cells per side of a 256 px image, cells of 8 px at least
+BETA_MAX = 0.8  # the texture is blended at opacity 1 - beta, beta ~ U(0, 0.8)
+
 
 def _uniform(generator, *shape):
     "Uniform [0, 1) numbers on the CPU from `generator` (torch's global generator when None), so a seed gives the same anomalies on any device."
     return torch.rand(*shape, generator=generator)
 
+
 def perlin_scales(n, side, generator=None, max_exponent=6):
     "Perlin grid cells along one side for `n` images: `2**k`, k uniform in 0..max_exponent-1 as DRAEM (1..32), capped so that a cell spans `MIN_PERLIN_CELL` px of `side`."
     cap = max(0, int(math.floor(math.log2(max(side / MIN_PERLIN_CELL, 1)))))
     k = (_uniform(generator, n) * max_exponent).long().clamp(max=max_exponent - 1).clamp(max=cap)
-    return 2 ** k
+    return 2**k
+
 
 def rotate(images, degrees, padding_mode='zeros'):
     "Rotate a batch (B,C,H,W) by `degrees` (B,) about the centre, in pixel space (a non-square image is not sheared); outside filled by `padding_mode` ('zeros': black, as imgaug's default)."
@@ -179,6 +222,7 @@ def rotate(images, degrees, padding_mode='zeros'):
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin * H / W, sin * W / H, cos
     grid = F.affine_grid(theta, (B, C, H, W), align_corners=False)
     return F.grid_sample(images.float(), grid, mode='bilinear', padding_mode=padding_mode, align_corners=False)
+
 
 def perlin_field(batch, shape, generator=None):
     "The rotated Perlin noise (B,1,H,W) behind `perlin_masks` (values about in [-1, 1])."
@@ -191,7 +235,8 @@ def perlin_field(batch, shape, generator=None):
         noise[rows] = perlin_noise((side, side), (cy, cx), batch=len(rows), generator=generator)
     noise = rotate(noise[:, None], _uniform(generator, batch) * 180 - 90)
     top, left = (side - H) // 2, (side - W) // 2
-    return noise[:, :, top:top + H, left:left + W]
+    return noise[:, :, top : top + H, left : left + W]
+
 
 def perlin_masks(batch, shape, generator=None, threshold=PERLIN_THRESHOLD):
     "DRAEM's anomaly shapes: `perlin_field` above `threshold`, (B,1,H,W) in {0, 1}. Some are empty (the noise never reaches the threshold), as in DRAEM, where such an image stays normal."
@@ -205,15 +250,23 @@ def texture_stack(size=256):
     for texture in texture_bank():
         h, w = texture.shape[-2:]
         side = min(h, w)
-        square = texture[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-        squares.append(F.interpolate(square[None].float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)[0])
+        square = texture[:, (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+        squares.append(
+            F.interpolate(
+                square[None].float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False
+            )[0]
+        )
     return torch.stack(squares).clamp(0, 1)
+
 
 def _smooth3(x):
     "PIL's SMOOTH filter (3x3, centre 5, neighbours 1) per channel, replicated borders: the blur that sharpening subtracts."
-    k = torch.ones(3, 3, device=x.device); k[1, 1] = 5; k = k / k.sum()
+    k = torch.ones(3, 3, device=x.device)
+    k[1, 1] = 5
+    k = k / k.sum()
     C = x.shape[1]
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), k.expand(C, 1, 3, 3).contiguous(), groups=C)
+
 
 def _equalize(x):
     "Histogram equalisation per image and channel: each value replaced by its rank share."
@@ -221,7 +274,20 @@ def _equalize(x):
     ranks = x.reshape(B * C, H * W).argsort(1).argsort(1).float()
     return (ranks / max(H * W - 1, 1)).reshape(B, C, H, W)
 
-TEXTURE_AUGMENTS = ('gamma', 'brightness', 'sharpness', 'saturation', 'solarize', 'posterize', 'invert', 'autocontrast', 'equalize', 'rotate')
+
+TEXTURE_AUGMENTS = (
+    'gamma',
+    'brightness',
+    'sharpness',
+    'saturation',
+    'solarize',
+    'posterize',
+    'invert',
+    'autocontrast',
+    'equalize',
+    'rotate',
+)
+
 
 def augment_textures(textures, generator=None, n_ops=3):
     "`n_ops` of `TEXTURE_AUGMENTS` (DRAEM draws three of its ten) per texture (B,3,H,W) in [0, 1], chosen and parameterised from `generator`; vectorised over the batch."
@@ -229,31 +295,44 @@ def augment_textures(textures, generator=None, n_ops=3):
     chosen = torch.zeros(B, n, dtype=torch.bool).scatter_(1, _uniform(generator, B, n).argsort(1)[:, :n_ops], True)
     u = _uniform(generator, B, 2).to(textures.device)
     x = textures.float()
-    def per_image(v): return v.to(x.device)[:, None, None, None]
+
+    def per_image(v):
+        return v.to(x.device)[:, None, None, None]
+
     for k, name in enumerate(TEXTURE_AUGMENTS):
-        if not chosen[:, k].any(): continue
-        if name == 'gamma': y = x.clamp_min(1e-6) ** per_image(0.5 + 1.5 * u[:, 0])
-        elif name == 'brightness': y = x * per_image(0.8 + 0.4 * u[:, 0]) + per_image((u[:, 1] * 60 - 30) / 255)
-        elif name == 'sharpness': y = x + per_image(u[:, 0] * 2 - 1) * (x - _smooth3(x))
+        if not chosen[:, k].any():
+            continue
+        if name == 'gamma':
+            y = x.clamp_min(1e-6) ** per_image(0.5 + 1.5 * u[:, 0])
+        elif name == 'brightness':
+            y = x * per_image(0.8 + 0.4 * u[:, 0]) + per_image((u[:, 1] * 60 - 30) / 255)
+        elif name == 'sharpness':
+            y = x + per_image(u[:, 0] * 2 - 1) * (x - _smooth3(x))
         elif name == 'saturation':
             grey = x.mean(1, keepdim=True)
             y = grey + per_image(0.5 + u[:, 0]) * (x - grey)
-        elif name == 'solarize': y = torch.where(x > per_image((32 + 96 * u[:, 0]) / 255), 1 - x, x)
+        elif name == 'solarize':
+            y = torch.where(x > per_image((32 + 96 * u[:, 0]) / 255), 1 - x, x)
         elif name == 'posterize':
             levels = per_image(2 ** (1 + (u[:, 0] * 7).floor()))
             y = torch.floor(x * (levels - 1) + 0.5) / (levels - 1)
-        elif name == 'invert': y = 1 - x
+        elif name == 'invert':
+            y = 1 - x
         elif name == 'autocontrast':
             lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
             y = (x - lo) / (hi - lo).clamp_min(1e-6)
-        elif name == 'equalize': y = _equalize(x)
-        else: y = rotate(x, (u[:, 0] * 90 - 45).cpu(), padding_mode='reflection')
+        elif name == 'equalize':
+            y = _equalize(x)
+        else:
+            y = rotate(x, (u[:, 0] * 90 - 45).cpu(), padding_mode='reflection')
         x = torch.where(per_image(chosen[:, k]), y.clamp(0, 1), x)
     return x
+
 
 def is_grey(images):
     "(B,) True where all channels of an image are equal (a grey image, such as a health map)."
     return (images.amax(1) - images.amin(1)).flatten(1).amax(1) < 1e-6
+
 
 def foreign_textures(images, generator=None, textures=None):
     "One foreign texture per image, shaped like `images` (B,C,H,W): a random crop (texture, scale 0.3..1, place, flip) of `textures` (N,3,h,w) (default `texture_stack()`) resized to the image, with `augment_textures`; grey where the image is grey."
@@ -269,11 +348,15 @@ def foreign_textures(images, generator=None, textures=None):
     theta[:, 0, 0], theta[:, 1, 1] = fx * torch.where(u[:, 3] < 0.5, -1.0, 1.0), fy
     theta[:, 0, 2], theta[:, 1, 2] = (2 * u[:, 1] - 1) * (1 - fx), (2 * u[:, 2] - 1) * (1 - fy)
     grid = F.affine_grid(theta, (B, 3, H, W), align_corners=False).to(images.device)
-    tex = F.grid_sample(stack[pick].to(images.device), grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    tex = F.grid_sample(
+        stack[pick].to(images.device), grid, mode='bilinear', padding_mode='reflection', align_corners=False
+    )
     tex = augment_textures(tex, generator)
     grey = tex.mean(1, keepdim=True)
-    if C != 3: return grey.expand(B, C, H, W).contiguous()
+    if C != 3:
+        return grey.expand(B, C, H, W).contiguous()
     return torch.where(is_grey(images)[:, None, None, None], grey.expand_as(tex), tex)
+
 
 def draem_anomalies(images, generator=None, textures=None, threshold=PERLIN_THRESHOLD, beta_max=BETA_MAX):
     "DRAEM's synthetic anomaly on every image of `images` (B,C,H,W) in [0, 1]: a `perlin_masks` shape filled with a `foreign_textures` crop at opacity `1 - beta`, beta ~ U(0, beta_max). Returns `(anomalous, masks (B,1,H,W))`; where a mask is empty the image is unchanged."
@@ -290,54 +373,86 @@ def mask_score(anomaly_map, pool=21):
     "DRAEM's image score (B,): the maximum of the anomaly map (B,1,H,W) averaged over `pool` x `pool` windows (stride 1, zero padding, the padding counted)."
     return F.avg_pool2d(anomaly_map.float(), pool, stride=1, padding=pool // 2).flatten(1).amax(1)
 
+
 COMBINES = ('mean', 'weighted', 'max', 'mask', 'severity')
+
 
 def combine_scores(mask, severity, how='mean', weight=0.5):
     "DRAEM-SevNet's final score (B,) from the mask score and the normalised severity (both (B,), in [0, 1]): their 'mean', a 'weighted' mean (`weight` on the mask score), their 'max', or either alone ('mask' is plain DRAEM)."
-    if how == 'mean': return (mask + severity) / 2
-    if how == 'weighted': return weight * mask + (1 - weight) * severity
-    if how == 'max': return torch.maximum(mask, severity)
-    if how == 'mask': return mask
-    if how == 'severity': return severity
+    if how == 'mean':
+        return (mask + severity) / 2
+    if how == 'weighted':
+        return weight * mask + (1 - weight) * severity
+    if how == 'max':
+        return torch.maximum(mask, severity)
+    if how == 'mask':
+        return mask
+    if how == 'severity':
+        return severity
     raise ValueError(f'combine must be one of {COMBINES}, got {how!r}')
 
 # %% ../nbs/10_draem_sevnet.ipynb #dccbef8b
 PUBLISHED_WIDTH, CPU_WIDTH = 128, 16
 
 DRAEM_OPTIONS = dict(
-    width=PUBLISHED_WIDTH,     # reconstructive base width (DRAEM: 128); CPU_WIDTH for CPU runs
-    disc_width=None,           # discriminative base width; None: width // 2 (DRAEM: 64)
-    levels=(6,),               # discriminator encoder levels pooled for the head (1 = full resolution .. 6 = deepest)
-    head_hidden=(128, 64),     # the user's MLP 128 -> 64 -> 1
+    width=PUBLISHED_WIDTH,  # reconstructive base width (DRAEM: 128); CPU_WIDTH for CPU runs
+    disc_width=None,  # discriminative base width; None: width // 2 (DRAEM: 64)
+    levels=(6,),  # discriminator encoder levels pooled for the head (1 = full resolution .. 6 = deepest)
+    head_hidden=(128, 64),  # the user's MLP 128 -> 64 -> 1
     severity_loss='smoothl1',  # or 'mse'; on severities divided by max_severity, as SeverityDinomaly
-    severity_weight=1.0,       # loss = L2 + SSIM + focal + severity_weight x severity loss
-    combine='mean',            # the final score: one of COMBINES
-    combine_weight=0.5,        # weight of the mask score in combine='weighted'
-    lr=1e-4,                   # DRAEM's Adam learning rate (x0.2 at 80 % and again at 90 % of the steps)
-    anomaly_ratio=0.5,         # share of the images without a severity fault given a DRAEM anomaly (DRAEM: half)
-    severity_masks=True,       # the discriminator also learns to segment the severity faults
-    rotate_prob=0.0,           # share of normal images first rotated by U(-90, 90) degrees (DRAEM: 0.3, for MVTec objects)
-    score_pool=21,             # the mask score's mean filter (DRAEM: 21)
+    severity_weight=1.0,  # loss = L2 + SSIM + focal + severity_weight x severity loss
+    combine='mean',  # the final score: one of COMBINES
+    combine_weight=0.5,  # weight of the mask score in combine='weighted'
+    lr=1e-4,  # DRAEM's Adam learning rate (x0.2 at 80 % and again at 90 % of the steps)
+    anomaly_ratio=0.5,  # share of the images without a severity fault given a DRAEM anomaly (DRAEM: half)
+    severity_masks=True,  # the discriminator also learns to segment the severity faults
+    rotate_prob=0.0,  # share of normal images first rotated by U(-90, 90) degrees (DRAEM: 0.3, for MVTec objects)
+    score_pool=21,  # the mask score's mean filter (DRAEM: 21)
 )
+
 
 def draem_options(model_options=None, source='config'):
     "`DRAEM_OPTIONS` updated with `model_options` (e.g. a run's `config.model_options`) and checked; `ConfigError` naming `source`, unknown keys and impossible values."
     given = dict(model_options or {})
     unknown = sorted(set(given) - set(DRAEM_OPTIONS))
-    if unknown: raise ConfigError(f'{source}: model_options {unknown} unknown to draem-sevnet; known: {sorted(DRAEM_OPTIONS)}')
+    if unknown:
+        raise ConfigError(f'{source}: model_options {unknown} unknown to draem-sevnet; known: {sorted(DRAEM_OPTIONS)}')
     o = {**DRAEM_OPTIONS, **given}
     for key in ('levels', 'head_hidden'):
-        if isinstance(o[key], list): o[key] = tuple(o[key])  # config.json stores lists
+        if isinstance(o[key], list):
+            o[key] = tuple(o[key])  # config.json stores lists
+
     def need(ok, key, why):
-        if not ok: raise ConfigError(f'{source}: model_options[{key!r}]={o[key]!r}: {why}')
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise ConfigError(f'{source}: model_options[{key!r}]={o[key]!r}: {why}')
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     need(is_int(o['width']) and o['width'] >= 1, 'width', 'must be an int >= 1')
-    need(o['disc_width'] is None or (is_int(o['disc_width']) and o['disc_width'] >= 1), 'disc_width', 'must be null or an int >= 1')
-    if o['disc_width'] is None: o['disc_width'] = max(1, o['width'] // 2)
-    need(isinstance(o['levels'], tuple) and len(o['levels']) > 0 and len(set(o['levels'])) == len(o['levels'])
-         and all(is_int(v) and 1 <= v <= 6 for v in o['levels']), 'levels', 'must be a list of distinct ints in 1..6')
-    need(isinstance(o['head_hidden'], tuple) and all(is_int(v) and v >= 1 for v in o['head_hidden']), 'head_hidden', 'must be a list of ints >= 1')
+    need(
+        o['disc_width'] is None or (is_int(o['disc_width']) and o['disc_width'] >= 1),
+        'disc_width',
+        'must be null or an int >= 1',
+    )
+    if o['disc_width'] is None:
+        o['disc_width'] = max(1, o['width'] // 2)
+    need(
+        isinstance(o['levels'], tuple)
+        and len(o['levels']) > 0
+        and len(set(o['levels'])) == len(o['levels'])
+        and all(is_int(v) and 1 <= v <= 6 for v in o['levels']),
+        'levels',
+        'must be a list of distinct ints in 1..6',
+    )
+    need(
+        isinstance(o['head_hidden'], tuple) and all(is_int(v) and v >= 1 for v in o['head_hidden']),
+        'head_hidden',
+        'must be a list of ints >= 1',
+    )
     need(o['severity_loss'] in ('smoothl1', 'mse'), 'severity_loss', "must be 'smoothl1' or 'mse'")
     need(is_number(o['severity_weight']) and o['severity_weight'] >= 0, 'severity_weight', 'must be a number >= 0')
     need(o['combine'] in COMBINES, 'combine', f'must be one of {COMBINES}')
@@ -346,39 +461,79 @@ def draem_options(model_options=None, source='config'):
     need(is_number(o['anomaly_ratio']) and 0 <= o['anomaly_ratio'] <= 1, 'anomaly_ratio', 'must be in [0, 1]')
     need(isinstance(o['severity_masks'], bool), 'severity_masks', 'must be true or false')
     need(is_number(o['rotate_prob']) and 0 <= o['rotate_prob'] <= 1, 'rotate_prob', 'must be in [0, 1]')
-    need(is_int(o['score_pool']) and o['score_pool'] >= 1 and o['score_pool'] % 2 == 1, 'score_pool', 'must be an odd int >= 1')
+    need(
+        is_int(o['score_pool']) and o['score_pool'] >= 1 and o['score_pool'] % 2 == 1,
+        'score_pool',
+        'must be an odd int >= 1',
+    )
     return o
 
 # %% ../nbs/10_draem_sevnet.ipynb #944bf19a
 @dataclass
 class DraemOutput:
     "One forward pass: `reconstruction` (B,3,H,W) and `mask_logits` (B,2,H,W) (class 1: anomalous) at input size, and `features`, the discriminator's encoder outputs [b1, ..., b6] on the padded grid."
+
     reconstruction: torch.Tensor
     mask_logits: torch.Tensor
     features: list
 
+
 class DraemSevNet(nn.Module):
     "DRAEM with the user's severity head on the discriminator's pooled encoder features; trains on DRAEM's Perlin-texture anomalies and on `sevdino.augment` faults of known severity (`families`). Options: `DRAEM_OPTIONS`."
-    def __init__(self, width=PUBLISHED_WIDTH, disc_width=None, levels=(6,), head_hidden=(128, 64), severity_loss='smoothl1',
-                 severity_weight=1.0, combine='mean', combine_weight=0.5, lr=1e-4, anomaly_ratio=0.5, severity_masks=True,
-                 rotate_prob=0.0, score_pool=21, aug_ratio=0.3, families=('hline', 'curve', 'cutpaste'), max_severity=10.0):
+
+    def __init__(
+        self,
+        width=PUBLISHED_WIDTH,
+        disc_width=None,
+        levels=(6,),
+        head_hidden=(128, 64),
+        severity_loss='smoothl1',
+        severity_weight=1.0,
+        combine='mean',
+        combine_weight=0.5,
+        lr=1e-4,
+        anomaly_ratio=0.5,
+        severity_masks=True,
+        rotate_prob=0.0,
+        score_pool=21,
+        aug_ratio=0.3,
+        families=('hline', 'curve', 'cutpaste'),
+        max_severity=10.0,
+    ):
         super().__init__()
-        if severity_loss not in ('smoothl1', 'mse'): raise ValueError(f"severity_loss must be 'smoothl1' or 'mse', got {severity_loss!r}")
-        if combine not in COMBINES: raise ValueError(f'combine must be one of {COMBINES}, got {combine!r}')
-        if max_severity <= 0: raise ValueError(f'max_severity must be > 0, got {max_severity}')
+        if severity_loss not in ('smoothl1', 'mse'):
+            raise ValueError(f"severity_loss must be 'smoothl1' or 'mse', got {severity_loss!r}")
+        if combine not in COMBINES:
+            raise ValueError(f'combine must be one of {COMBINES}, got {combine!r}')
+        if max_severity <= 0:
+            raise ValueError(f'max_severity must be > 0, got {max_severity}')
         unknown = [f for f in families if f not in FAULT_FAMILIES]
-        if unknown: raise ValueError(f'families {unknown} unknown; choose from {sorted(FAULT_FAMILIES)}')
+        if unknown:
+            raise ValueError(f'families {unknown} unknown; choose from {sorted(FAULT_FAMILIES)}')
         disc_width = max(1, width // 2) if disc_width is None else disc_width
         self.reconstructive = draem_init(ReconstructiveSubNetwork(3, 3, width))
         self.discriminative = draem_init(DiscriminativeSubNetwork(6, 2, disc_width))
         self.levels = tuple(levels)
-        self.severity_head = SeverityHead(sum(self.discriminative.widths[k - 1] for k in self.levels), tuple(head_hidden),
-                                          dropout=0.0, activation='softplus')
+        self.severity_head = SeverityHead(
+            sum(self.discriminative.widths[k - 1] for k in self.levels),
+            tuple(head_hidden),
+            dropout=0.0,
+            activation='softplus',
+        )
         self.to(memory_format=torch.channels_last)
         self.severity_loss_kind, self.severity_weight = severity_loss, float(severity_weight)
         self.combine, self.combine_weight, self.lr = combine, float(combine_weight), float(lr)
-        self.anomaly_ratio, self.severity_masks, self.rotate_prob = float(anomaly_ratio), bool(severity_masks), float(rotate_prob)
-        self.score_pool, self.aug_ratio, self.families, self.max_severity = int(score_pool), float(aug_ratio), tuple(families), float(max_severity)
+        self.anomaly_ratio, self.severity_masks, self.rotate_prob = (
+            float(anomaly_ratio),
+            bool(severity_masks),
+            float(rotate_prob),
+        )
+        self.score_pool, self.aug_ratio, self.families, self.max_severity = (
+            int(score_pool),
+            float(aug_ratio),
+            tuple(families),
+            float(max_severity),
+        )
 
     @property
     def has_head(self) -> bool:
@@ -412,8 +567,15 @@ def synthesise(self, batch, generator=None):
         clean = torch.where(turn, rotate(clean, _uniform(generator, B) * 180 - 90), clean)
     if self.aug_ratio > 0:
         images, targets, masks, augmented = create_severity_training_batch(
-            clean, aug_ratio=self.aug_ratio, max_severity=self.max_severity, families=self.families, generator=generator, return_details=True)
-        if not self.severity_masks: masks = torch.zeros_like(masks)
+            clean,
+            aug_ratio=self.aug_ratio,
+            max_severity=self.max_severity,
+            families=self.families,
+            generator=generator,
+            return_details=True,
+        )
+        if not self.severity_masks:
+            masks = torch.zeros_like(masks)
     else:
         images, targets = clean.clone(), torch.zeros(B, device=dev)
         masks, augmented = torch.zeros(B, 1, H, W, device=dev), torch.zeros(B, dtype=torch.bool, device=dev)
@@ -421,6 +583,7 @@ def synthesise(self, batch, generator=None):
     draem_rows = ~augmented & (_uniform(generator, B) < self.anomaly_ratio).to(dev)
     pick = draem_rows[:, None, None, None]
     return clean, torch.where(pick, anomalous, images), torch.where(pick, perlin, masks), targets, augmented, draem_rows
+
 
 @patch_method(DraemSevNet)
 def training_losses(self, batch, step=0, generator=None) -> dict:
@@ -447,7 +610,10 @@ def configure_optimizer(self, config):
     "DRAEM's optimiser for `config.steps`: `(Adam at lr, a LambdaLR scheduler)` with the rate x0.2 at 80 % and x0.2 again at 90 % of the steps."
     optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
     first, second = int(0.8 * config.steps), int(0.9 * config.steps)
-    schedule = lambda step: 0.2 ** ((step >= first) + (step >= second))
+
+    def schedule(step):
+        return 0.2 ** ((step >= first) + (step >= second))
+
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 # %% ../nbs/10_draem_sevnet.ipynb #8c73f97d
@@ -461,7 +627,8 @@ def predict(self, images, combine=None) -> Prediction:
         out = self(images)
         anomaly_map = out.mask_logits.float().softmax(1)[:, 1:]
         masked = mask_score(anomaly_map, self.score_pool)
-        if not self.has_head: return Prediction(anomaly_map=anomaly_map, score=masked, severity=None)
+        if not self.has_head:
+            return Prediction(anomaly_map=anomaly_map, score=masked, severity=None)
         severity = self.normalised_severity(out.features).float()
         score = combine_scores(masked, severity.clamp(0, 1), combine or self.combine, self.combine_weight)
         return Prediction(anomaly_map=anomaly_map, score=score, severity=severity * self.max_severity)
@@ -472,17 +639,32 @@ def predict(self, images, combine=None) -> Prediction:
 def build_draem_sevnet(config, weights=None):
     "The `DraemSevNet` of a `TrainConfig`: `config.model_options` over `DRAEM_OPTIONS`, and the config's `aug_ratio`, `families` and `max_severity`. `weights` (a Dinomaly encoder source) is not used."
     o = draem_options(config.model_options)
-    return DraemSevNet(**o, aug_ratio=config.aug_ratio, families=tuple(config.families), max_severity=config.max_severity)
+    return DraemSevNet(
+        **o, aug_ratio=config.aug_ratio, families=tuple(config.families), max_severity=config.max_severity
+    )
+
 
 register_model('draem-sevnet', build_draem_sevnet)
 
 # %% ../nbs/10_draem_sevnet.ipynb #b82df449
-COMPARE_METRICS = ('image_auroc', 'pixel_auroc', 'pixel_aupro', 'severity_rank', 'heldout_severity_rank', 'severity_mae')
+COMPARE_METRICS = (
+    'image_auroc',
+    'pixel_auroc',
+    'pixel_aupro',
+    'severity_rank',
+    'heldout_severity_rank',
+    'severity_mae',
+)
+
 
 def comparison_cells(draem_width: int = CPU_WIDTH) -> dict:
     "The comparison's cells: {model name: config overrides}."
-    return {'severity-dinomaly': {'model': 'severity-dinomaly'}, 'dinomaly': {'model': 'dinomaly'},
-            'draem-sevnet': {'model': 'draem-sevnet', 'model_options': {'width': draem_width}}}
+    return {
+        'severity-dinomaly': {'model': 'severity-dinomaly'},
+        'dinomaly': {'model': 'dinomaly'},
+        'draem-sevnet': {'model': 'draem-sevnet', 'model_options': {'width': draem_width}},
+    }
+
 
 def _plain_heldout(run, domain, trained_domain, families) -> float:
     "Held-out score Spearman of a run without head over the shapes `families` leaves out, from its predictions.csv."
@@ -490,6 +672,7 @@ def _plain_heldout(run, domain, trained_domain, families) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', MetricWarning)
         return heldout_metrics(pd.read_csv(folder / 'predictions.csv'), list(families))['heldout_score_truth_spearman']
+
 
 def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig) -> pd.DataFrame:
     "`results` of a comparison with `severity_rank` and `heldout_severity_rank` added (see above)."
@@ -511,21 +694,44 @@ def plot_comparison(results: pd.DataFrame, metrics=('image_auroc', 'severity_ran
     fig = Figure(figsize=(3.8 * len(metrics), 3.2), dpi=FIGURE_DPI, layout='constrained')
     for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
         sns.pointplot(data=results, x='domain', y=metric, hue='cell', errorbar='sd', dodge=0.3, ax=ax, markersize=4)
-        ax.set_title(metric, fontsize=9); ax.set_xlabel('evaluated on'); ax.set_ylabel('')
-        if ax is not fig.axes[0] and ax.get_legend(): ax.get_legend().remove()
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel('evaluated on')
+        ax.set_ylabel('')
+        if ax is not fig.axes[0] and ax.get_legend():
+            ax.get_legend().remove()
     return fig
 
-def compare(base: TrainConfig, out, seeds=(0, 1), eval_domains=None, draem_width: int = CPU_WIDTH, progress: bool = True) -> dict:
+
+def compare(
+    base: TrainConfig, out, seeds=(0, 1), eval_domains=None, draem_width: int = CPU_WIDTH, progress: bool = True
+) -> dict:
     "Train and evaluate SeverityDinomaly, plain Dinomaly and DRAEM-SevNet like `base` (resumable); write `comparison.csv`, `comparison.md` and `comparison.png` in `out`."
     out = Path(out)
-    results = with_severity_rank(run_grid(base, comparison_cells(draem_width), out, seeds, eval_domains, progress), out, base)
+    results = with_severity_rank(
+        run_grid(base, comparison_cells(draem_width), out, seeds, eval_domains, progress), out, base
+    )
     atomic_write(out / 'comparison.csv', lambda tmp: results.to_csv(tmp, index=False))
     summary = summarize(results, COMPARE_METRICS)
-    figure = atomic_write(out / 'comparison.png', lambda tmp: plot_comparison(results).savefig(tmp, format='png', dpi=FIGURE_DPI))
-    text = '\n'.join([f'# SeverityDinomaly, plain Dinomaly and DRAEM-SevNet on `{base.data}`', '',
-                      f'Trained on {base.domain or "all categories"} at {tuple(base.image_size)}, {base.steps} steps, batch {base.batch_size}, '
-                      f'fault families {", ".join(base.families)}, DRAEM-SevNet width {draem_width}; seeds {list(seeds)}; mean ± sd over seeds. '
-                      '`severity_rank`: Spearman of the predicted severity (plain Dinomaly: of its anomaly score) with the true severity; '
-                      '`heldout_`: on the fault shapes the heads did not train on.', '',
-                      ablation_markdown(summary, COMPARE_METRICS), f'![comparison]({figure.name})', ''])
-    return {'results': results, 'summary': summary, 'figure': figure, 'report': atomic_write_text(out / 'comparison.md', text)}
+    figure = atomic_write(
+        out / 'comparison.png', lambda tmp: plot_comparison(results).savefig(tmp, format='png', dpi=FIGURE_DPI)
+    )
+    text = '\n'.join(
+        [
+            f'# SeverityDinomaly, plain Dinomaly and DRAEM-SevNet on `{base.data}`',
+            '',
+            f'Trained on {base.domain or "all categories"} at {tuple(base.image_size)}, {base.steps} steps, batch {base.batch_size}, '
+            f'fault families {", ".join(base.families)}, DRAEM-SevNet width {draem_width}; seeds {list(seeds)}; mean ± sd over seeds. '
+            '`severity_rank`: Spearman of the predicted severity (plain Dinomaly: of its anomaly score) with the true severity; '
+            '`heldout_`: on the fault shapes the heads did not train on.',
+            '',
+            ablation_markdown(summary, COMPARE_METRICS),
+            f'![comparison]({figure.name})',
+            '',
+        ]
+    )
+    return {
+        'results': results,
+        'summary': summary,
+        'figure': figure,
+        'report': atomic_write_text(out / 'comparison.md', text),
+    }

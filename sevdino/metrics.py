@@ -22,29 +22,39 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 class MetricWarning(UserWarning):
     "Warned when a metric is undefined for the data given; the metric is then NaN."
 
+
 def _undefined(metric: str, reason: str) -> float:
     "Warn that `metric` is undefined because of `reason` and return NaN."
     warnings.warn(f'{metric} is undefined: {reason}; returning NaN', MetricWarning, stacklevel=3)
     return math.nan
 
+
 def _vector(values, name: str) -> np.ndarray:
     "`values` (list, numpy array, CPU tensor) as a 1-D float64 array; `ValueError` naming `name` otherwise."
-    try: array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error: raise ValueError(f'{name}: cannot be read as numbers ({error})') from None
-    if array.ndim != 1: raise ValueError(f'{name}: expected one value per image (1-D), got shape {array.shape}')
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'{name}: cannot be read as numbers ({error})') from None
+    if array.ndim != 1:
+        raise ValueError(f'{name}: expected one value per image (1-D), got shape {array.shape}')
     return array
+
 
 def _check_lengths(**arrays):
     "`ValueError` unless all arrays have the same length."
     lengths = {name: len(array) for name, array in arrays.items()}
-    if len(set(lengths.values())) > 1: raise ValueError(f'inputs differ in length: {lengths}')
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f'inputs differ in length: {lengths}')
+
 
 def _labels(labels) -> np.ndarray:
     "`labels` as an int array of 0 (normal) and 1 (anomalous)."
     y = _vector(labels, 'labels')
     bad = ~np.isin(y, (0, 1))
-    if bad.any(): raise ValueError(f'labels: must be 0 (normal) or 1 (anomalous); found {np.unique(y[bad])[:5].tolist()}')
+    if bad.any():
+        raise ValueError(f'labels: must be 0 (normal) or 1 (anomalous); found {np.unique(y[bad])[:5].tolist()}')
     return y.astype(np.int64)
+
 
 def _nonfinite(values: np.ndarray, name: str):
     "A reason string when `values` holds NaN or infinite entries, else None."
@@ -55,10 +65,14 @@ def _nonfinite(values: np.ndarray, name: str):
 def _binary_auroc(metric: str, positive: np.ndarray, scores: np.ndarray) -> float:
     "AUROC of `scores` for the boolean `positive`; NaN with a warning when undefined."
     reason = _nonfinite(scores, 'scores')
-    if reason: return _undefined(metric, reason)
-    n_pos = int(positive.sum()); n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0: return _undefined(metric, f'needs both classes, got {n_pos} positive and {n_neg} negative')
+    if reason:
+        return _undefined(metric, reason)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return _undefined(metric, f'needs both classes, got {n_pos} positive and {n_neg} negative')
     return float(roc_auc_score(positive, scores))
+
 
 def _detection_inputs(metric: str, labels, scores):
     "Checked (labels, scores) and the reason the detection metric is undefined (None if defined)."
@@ -70,22 +84,28 @@ def _detection_inputs(metric: str, labels, scores):
         reason = f'needs normal and anomalous images, got {y.size - n_pos} normal and {n_pos} anomalous'
     return y, s, reason
 
+
 def image_auroc(labels, scores) -> float:
     "Area under the ROC curve of image `scores` (higher = more anomalous) for `labels` (0 normal, 1 anomalous)."
     y, s, reason = _detection_inputs('image_auroc', labels, scores)
-    if reason: return _undefined('image_auroc', reason)
+    if reason:
+        return _undefined('image_auroc', reason)
     return float(roc_auc_score(y, s))
+
 
 def image_ap(labels, scores) -> float:
     "Average precision of image `scores` for the anomalous class (scikit-learn's step-wise sum, no interpolation)."
     y, s, reason = _detection_inputs('image_ap', labels, scores)
-    if reason: return _undefined('image_ap', reason)
+    if reason:
+        return _undefined('image_ap', reason)
     return float(average_precision_score(y, s))
+
 
 def f1_max(labels, scores) -> tuple:
     "Best F1 over all thresholds and the threshold reaching it: `(f1, threshold)`, anomalous when `score >= threshold`."
     y, s, reason = _detection_inputs('image_f1_max', labels, scores)
-    if reason: return _undefined('image_f1_max', reason), math.nan
+    if reason:
+        return _undefined('image_f1_max', reason), math.nan
     precision, recall, thresholds = precision_recall_curve(y, s)
     # the last point (precision 1, recall 0) has no threshold
     precision, recall = precision[:-1], recall[:-1]
@@ -99,33 +119,46 @@ def _images(stack, name: str) -> list:
     "`stack` as a list of 2-D arrays, one per image."
     if not isinstance(stack, (list, tuple)):
         array = np.asarray(stack)
-        if array.ndim == 4 and array.shape[1] == 1: array = array[:, 0]
-        if array.ndim != 3: raise ValueError(f'{name}: expected shape (N, H, W) or (N, 1, H, W), got {array.shape}')
+        if array.ndim == 4 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim != 3:
+            raise ValueError(f'{name}: expected shape (N, H, W) or (N, 1, H, W), got {array.shape}')
         return list(array)
     images = []
     for i, item in enumerate(stack):
         image = np.asarray(item)
-        if image.ndim == 3 and image.shape[0] == 1: image = image[0]
-        if image.ndim != 2: raise ValueError(f'{name}[{i}]: expected shape (H, W) or (1, H, W), got {image.shape}')
+        if image.ndim == 3 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 2:
+            raise ValueError(f'{name}[{i}]: expected shape (H, W) or (1, H, W), got {image.shape}')
         images.append(image)
     return images
+
 
 def _pixel_inputs(masks, maps):
     "Per-image lists (boolean masks, float64 maps), checked to match image by image."
     mask_images, map_images = _images(masks, 'masks'), _images(maps, 'maps')
-    if len(mask_images) != len(map_images): raise ValueError(f'masks and maps differ in number of images: {len(mask_images)} and {len(map_images)}')
+    if len(mask_images) != len(map_images):
+        raise ValueError(f'masks and maps differ in number of images: {len(mask_images)} and {len(map_images)}')
     for i, (mask, amap) in enumerate(zip(mask_images, map_images)):
-        if mask.shape != amap.shape: raise ValueError(f'image {i}: mask shape {mask.shape} differs from map shape {amap.shape}')
-    try: mask_images = [np.asarray(m, dtype=np.float64) > 0.5 for m in mask_images]
-    except (TypeError, ValueError) as error: raise ValueError(f'masks: cannot be read as numbers ({error})') from None
-    try: map_images = [_float_map(m) for m in map_images]
-    except (TypeError, ValueError) as error: raise ValueError(f'maps: cannot be read as numbers ({error})') from None
+        if mask.shape != amap.shape:
+            raise ValueError(f'image {i}: mask shape {mask.shape} differs from map shape {amap.shape}')
+    try:
+        mask_images = [np.asarray(m, dtype=np.float64) > 0.5 for m in mask_images]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'masks: cannot be read as numbers ({error})') from None
+    try:
+        map_images = [_float_map(m) for m in map_images]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'maps: cannot be read as numbers ({error})') from None
     return mask_images, map_images
+
 
 def _float_map(amap) -> np.ndarray:
     "A map as float32 or float64 (kept as given when it is one: sorting float32 is twice as fast, and exact)."
     amap = np.asarray(amap)
     return amap if amap.dtype in (np.float32, np.float64) else amap.astype(np.float64)
+
 
 def _auroc_by_sorting(negative: np.ndarray, positive: np.ndarray) -> float:
     "AUROC as the Mann-Whitney statistic: for each positive, the negatives below it (ties 1/2), from two sorts."
@@ -135,30 +168,38 @@ def _auroc_by_sorting(negative: np.ndarray, positive: np.ndarray) -> float:
     twice_wins = 2 * int(below.sum(dtype=np.int64)) + int((not_above - below).sum(dtype=np.int64))
     return twice_wins / (2 * positive.size * negative.size)
 
+
 def pixel_auroc(masks, maps) -> float:
     "AUROC of the anomaly `maps` for the ground-truth `masks`, all pixels of all images pooled."
     mask_images, map_images = _pixel_inputs(masks, maps)
-    if not mask_images: return _undefined('pixel_auroc', 'no images')
+    if not mask_images:
+        return _undefined('pixel_auroc', 'no images')
     positive = np.concatenate([m.ravel() for m in mask_images])
     values = np.concatenate([m.ravel() for m in map_images])
     reason = _nonfinite(values, 'map values')
-    n_pos = int(positive.sum()); n_neg = positive.size - n_pos
-    if reason is None and (n_pos == 0 or n_neg == 0): reason = f'needs both classes, got {n_pos} anomalous and {n_neg} normal pixels'
-    if reason: return _undefined('pixel_auroc', reason)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if reason is None and (n_pos == 0 or n_neg == 0):
+        reason = f'needs both classes, got {n_pos} anomalous and {n_neg} normal pixels'
+    if reason:
+        return _undefined('pixel_auroc', reason)
     return _auroc_by_sorting(values[~positive], values[positive])
 
 # %% ../nbs/07_metrics.ipynb #3b6608e4
 def _regions(mask_images, connectivity: int):
     "Region id per pixel (0 = normal; 1.. = connected components, numbered across all images) and the number of regions."
-    if connectivity not in (4, 8): raise ValueError(f'connectivity: must be 4 or 8, got {connectivity}')
+    if connectivity not in (4, 8):
+        raise ValueError(f'connectivity: must be 4 or 8, got {connectivity}')
     structure = np.ones((3, 3), dtype=int) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
     ids, offset = [], 0
     for mask in mask_images:
         labelled, count = ndimage.label(mask, structure=structure)
         labelled = labelled.ravel().astype(np.int64)
         labelled[labelled > 0] += offset
-        ids.append(labelled); offset += count
+        ids.append(labelled)
+        offset += count
     return np.concatenate(ids), offset
+
 
 def pro_curve(masks, maps, num_thresholds: int | None = None, connectivity: int = 8) -> tuple:
     """The per-region-overlap curve: `(fpr, pro, thresholds)`, FPR ascending, starting at (0, 0) (threshold inf).
@@ -172,8 +213,10 @@ def pro_curve(masks, maps, num_thresholds: int | None = None, connectivity: int 
     region, n_regions = _regions(mask_images, connectivity)
     normal = region == 0
     n_normal = int(normal.sum())
-    if reason is None and n_regions == 0: reason = 'no anomalous pixel in the masks'
-    if reason is None and n_normal == 0: reason = 'no normal pixel in the masks'
+    if reason is None and n_regions == 0:
+        reason = 'no anomalous pixel in the masks'
+    if reason is None and n_normal == 0:
+        reason = 'no normal pixel in the masks'
     if reason:
         _undefined('pixel_aupro', reason)
         return None
@@ -194,14 +237,20 @@ def pro_curve(masks, maps, num_thresholds: int | None = None, connectivity: int 
         fpr = np.stack([normal_above, normal_at_or_above], 1).ravel() / n_normal
         pro = np.stack([np.r_[0.0, pro_at[:-1]], pro_at], 1).ravel()
         thresholds = np.stack([np.nextafter(steps, np.inf), steps], 1).ravel()
-        fpr, pro, thresholds = np.r_[fpr, 1.0], np.r_[pro, pro_at[-1]], np.r_[thresholds, min(normal_values[0], steps[-1])]
+        fpr, pro, thresholds = (
+            np.r_[fpr, 1.0],
+            np.r_[pro, pro_at[-1]],
+            np.r_[thresholds, min(normal_values[0], steps[-1])],
+        )
     else:
-        if int(num_thresholds) < 2: raise ValueError(f'num_thresholds: must be at least 2 or None, got {num_thresholds}')
+        if int(num_thresholds) < 2:
+            raise ValueError(f'num_thresholds: must be at least 2 or None, got {num_thresholds}')
         thresholds = np.linspace(values.max(), values.min(), int(num_thresholds))
         fpr = (n_normal - np.searchsorted(normal_values, thresholds, side='left')) / n_normal
         entered = np.searchsorted(-anomalous_values, -thresholds, side='right')  # anomalous pixels >= each threshold
         pro = np.r_[0.0, cumulative_pro][entered]
     return np.r_[0.0, fpr], np.r_[0.0, pro], np.r_[np.inf, thresholds]
+
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     "Area under the piecewise-linear curve (x ascending from 0) from 0 to `limit`, y interpolated at exactly `limit`."
@@ -212,11 +261,14 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
         xs, ys = np.r_[xs, limit], np.r_[ys, y0 + (y1 - y0) * (limit - x0) / (x1 - x0)]
     return float(np.trapezoid(ys, xs))
 
+
 def aupro(masks, maps, fpr_limit: float = 0.3, num_thresholds: int | None = None, connectivity: int = 8) -> float:
     "Area under the per-region-overlap curve up to FPR `fpr_limit`, divided by `fpr_limit` (MVTec AD); see `pro_curve`."
-    if not 0 < fpr_limit <= 1: raise ValueError(f'fpr_limit: must be in (0, 1], got {fpr_limit}')
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f'fpr_limit: must be in (0, 1], got {fpr_limit}')
     curve = pro_curve(masks, maps, num_thresholds, connectivity)
-    if curve is None: return math.nan
+    if curve is None:
+        return math.nan
     fpr, pro, _ = curve
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
@@ -228,29 +280,37 @@ def _pairs(metric: str, truth, prediction, truth_name: str, prediction_name: str
     known = np.isfinite(t)
     t, p = t[known], p[known]
     reason = _nonfinite(p, prediction_name)
-    if reason is None and len(t) < min_pairs: reason = f'needs at least {min_pairs} image(s) with a known {truth_name}, got {len(t)}'
+    if reason is None and len(t) < min_pairs:
+        reason = f'needs at least {min_pairs} image(s) with a known {truth_name}, got {len(t)}'
     if reason is None and need_spread:
         for name, values in ((truth_name, t), (prediction_name, p)):
-            if np.ptp(values) == 0: reason = f'{name} is constant ({values[0]:g}) over the {len(values)} images'; break
+            if np.ptp(values) == 0:
+                reason = f'{name} is constant ({values[0]:g}) over the {len(values)} images'
+                break
     return t, p, reason
+
 
 def severity_mae(severity_true, severity_pred) -> float:
     "Mean absolute error of the predicted severity, over the images whose true severity is finite."
     t, p, reason = _pairs('severity_mae', severity_true, severity_pred, 'severity_true', 'severity_pred', 1, False)
     return _undefined('severity_mae', reason) if reason else float(np.mean(np.abs(p - t)))
 
+
 def severity_mse(severity_true, severity_pred) -> float:
     "Mean squared error of the predicted severity, over the images whose true severity is finite."
     t, p, reason = _pairs('severity_mse', severity_true, severity_pred, 'severity_true', 'severity_pred', 1, False)
     return _undefined('severity_mse', reason) if reason else float(np.mean((p - t) ** 2))
 
+
 def _spearman(metric, truth, prediction, truth_name, prediction_name) -> float:
     t, p, reason = _pairs(metric, truth, prediction, truth_name, prediction_name, 2, True)
     return _undefined(metric, reason) if reason else float(stats.spearmanr(t, p).statistic)
 
+
 def severity_spearman(severity_true, severity_pred) -> float:
     "Spearman rank correlation of predicted and true severity (images with a finite true severity)."
     return _spearman('severity_spearman', severity_true, severity_pred, 'severity_true', 'severity_pred')
+
 
 def severity_kendall(severity_true, severity_pred) -> float:
     "Kendall's tau-b of predicted and true severity (images with a finite true severity)."
@@ -262,12 +322,14 @@ def score_truth_spearman(scores, severity_true) -> float:
     "Spearman correlation of the anomaly score with the true severity (images with a finite true severity)."
     return _spearman('score_truth_spearman', severity_true, scores, 'severity_true', 'scores')
 
+
 def score_severity_spearman(scores, severity_pred) -> float:
     "Spearman correlation of the anomaly score with the predicted severity (all values must be finite)."
     s, p = _vector(scores, 'scores'), _vector(severity_pred, 'severity_pred')
     _check_lengths(scores=s, severity_pred=p)
     reason = _nonfinite(s, 'scores')
-    if reason: return _undefined('score_severity_spearman', reason)
+    if reason:
+        return _undefined('score_severity_spearman', reason)
     return _spearman('score_severity_spearman', s, p, 'scores', 'severity_pred')
 
 # %% ../nbs/07_metrics.ipynb #6ed9d948
@@ -278,11 +340,16 @@ def _known_truth(truth, scores, truth_name: str):
     known = np.isfinite(t) & (t >= 0)
     return t[known], s[known]
 
+
 def _known_levels(levels, scores):
     "(levels as ints, scores) of the images with a known level."
     t, s = _known_truth(levels, scores, 'levels')
-    if (t != np.round(t)).any(): raise ValueError(f'levels: must be integers (0 normal, 1.. severity levels, -1 unknown); found {t[t != np.round(t)][:5].tolist()}')
+    if (t != np.round(t)).any():
+        raise ValueError(
+            f'levels: must be integers (0 normal, 1.. severity levels, -1 unknown); found {t[t != np.round(t)][:5].tolist()}'
+        )
     return t.astype(np.int64), s
+
 
 def level_auroc(levels, scores) -> dict:
     """AUROC of level 0 (normal) against each anomalous level k present, and against all of them: `{k: auroc, ..., 'all': auroc}`.
@@ -297,53 +364,73 @@ def level_auroc(levels, scores) -> dict:
     result['all'] = _binary_auroc('level_auroc[all]', lv > 0, s)
     return result
 
+
 def pairwise_level_auroc(levels, scores) -> dict:
     "AUROC of level i (negative) against level j (positive) for every pair of levels present, i < j: `{(i, j): auroc}`."
     lv, s = _known_levels(levels, scores)
     present = np.unique(lv).tolist()
-    return {(i, j): _binary_auroc(f'auroc[{i} vs {j}]', lv[(lv == i) | (lv == j)] == j, s[(lv == i) | (lv == j)])
-            for i, j in itertools.combinations(present, 2)}
+    return {
+        (i, j): _binary_auroc(f'auroc[{i} vs {j}]', lv[(lv == i) | (lv == j)] == j, s[(lv == i) | (lv == j)])
+        for i, j in itertools.combinations(present, 2)
+    }
 
 # %% ../nbs/07_metrics.ipynb #876efe72
 WS_WEIGHTS = ('uniform', 'index', 'physical')
+
 
 def ws_weights(n_levels: int, kind: str = 'uniform', level_values=None) -> np.ndarray:
     """WS-AUROC weights as a (K, K) matrix, `w[i, j]` for the pair of level positions i < j (zero elsewhere), summing to 1.
 
     `kind`: 'uniform' 2/(K(K-1)), 'index' 6|i-j|/((K-1)K(K+1)), 'physical' |q_i - q_j| normalised, with `level_values` q (K values)."""
-    if kind not in WS_WEIGHTS: raise ValueError(f'weights: must be one of {WS_WEIGHTS}, got {kind!r}')
+    if kind not in WS_WEIGHTS:
+        raise ValueError(f'weights: must be one of {WS_WEIGHTS}, got {kind!r}')
     K = int(n_levels)
-    if K < 2: raise ValueError(f'n_levels: WS-AUROC needs at least 2 levels, got {K}')
+    if K < 2:
+        raise ValueError(f'n_levels: WS-AUROC needs at least 2 levels, got {K}')
     i, j = np.triu_indices(K, 1)
     w = np.zeros((K, K))
-    if kind == 'uniform': w[i, j] = 2 / (K * (K - 1))
-    elif kind == 'index': w[i, j] = 6 * (j - i) / ((K - 1) * K * (K + 1))
+    if kind == 'uniform':
+        w[i, j] = 2 / (K * (K - 1))
+    elif kind == 'index':
+        w[i, j] = 6 * (j - i) / ((K - 1) * K * (K + 1))
     else:
-        if level_values is None: raise ValueError("level_values: 'physical' weights need one physical value per level")
+        if level_values is None:
+            raise ValueError("level_values: 'physical' weights need one physical value per level")
         q = np.asarray(level_values, dtype=np.float64)
-        if q.shape != (K,) or not np.isfinite(q).all(): raise ValueError(f'level_values: need {K} finite values, got {q.tolist()}')
+        if q.shape != (K,) or not np.isfinite(q).all():
+            raise ValueError(f'level_values: need {K} finite values, got {q.tolist()}')
         gaps = np.abs(q[j] - q[i])
-        if gaps.sum() == 0: raise ValueError(f'level_values: all equal ({q.tolist()}), so the physical weights are undefined')
+        if gaps.sum() == 0:
+            raise ValueError(f'level_values: all equal ({q.tolist()}), so the physical weights are undefined')
         w[i, j] = gaps / gaps.sum()
     return w
+
 
 def ws_auroc(levels, scores, weights: str = 'uniform', level_values=None) -> float:
     """Weighted-sum AUROC over all pairs of levels present: 1 - sum_{i<j} w_ij (1 - AUROC_ij) (arXiv 2408.04817).
 
     `weights`: 'uniform', 'index' or 'physical'; 'physical' needs `level_values`, a mapping {level: value} or a sequence
     indexed by level (e.g. the mean true severity of each level). Levels < 0 or NaN are unknown and left out."""
-    if weights not in WS_WEIGHTS: raise ValueError(f'weights: must be one of {WS_WEIGHTS}, got {weights!r}')
+    if weights not in WS_WEIGHTS:
+        raise ValueError(f'weights: must be one of {WS_WEIGHTS}, got {weights!r}')
     metric = 'ws_auroc' if weights == 'uniform' else f'ws_auroc_{weights}'
     lv, s = _known_levels(levels, scores)
     present = np.unique(lv).tolist()
-    if len(present) < 2: return _undefined(metric, f'needs at least 2 levels, got {present}')
+    if len(present) < 2:
+        return _undefined(metric, f'needs at least 2 levels, got {present}')
     reason = _nonfinite(s, 'scores')
-    if reason: return _undefined(metric, reason)
+    if reason:
+        return _undefined(metric, reason)
     q = None
     if weights == 'physical':
-        if level_values is None: raise ValueError("level_values: 'physical' weights need one physical value per level")
-        try: q = [level_values[k] for k in present]
-        except (KeyError, IndexError): raise ValueError(f'level_values: needs a value for each level present {present}, got {level_values!r}') from None
+        if level_values is None:
+            raise ValueError("level_values: 'physical' weights need one physical value per level")
+        try:
+            q = [level_values[k] for k in present]
+        except (KeyError, IndexError):
+            raise ValueError(
+                f'level_values: needs a value for each level present {present}, got {level_values!r}'
+            ) from None
     w = ws_weights(len(present), weights, q)
     pairwise = pairwise_level_auroc(lv, s)
     loss = sum(w[a, b] * (1 - pairwise[present[a], present[b]]) for a, b in zip(*np.triu_indices(len(present), 1)))
@@ -355,6 +442,7 @@ def _tied_pairs(values: np.ndarray) -> int:
     counts = np.unique(values, return_counts=True)[1]
     return int((counts * (counts - 1) // 2).sum())
 
+
 def c_index(levels_or_severity, scores) -> float:
     """Harrell's concordance of `scores` with the true level or severity: over all pairs with different truth, the fraction
     ordered like the truth, a tie in score counting 1/2. Truth that is NaN or negative is unknown and left out."""
@@ -362,32 +450,70 @@ def c_index(levels_or_severity, scores) -> float:
     n = len(t)
     all_pairs, truth_ties = n * (n - 1) // 2, _tied_pairs(t)
     comparable = all_pairs - truth_ties
-    if comparable == 0: return _undefined('c_index', f'needs images with different true levels, got {n} images with known truth and no pair that differs')
+    if comparable == 0:
+        return _undefined(
+            'c_index',
+            f'needs images with different true levels, got {n} images with known truth and no pair that differs',
+        )
     reason = _nonfinite(s, 'scores')
-    if reason: return _undefined('c_index', reason)
-    if np.ptp(s) == 0: return 0.5
+    if reason:
+        return _undefined('c_index', reason)
+    if np.ptp(s) == 0:
+        return 0.5
     tau_b = stats.kendalltau(t, s, variant='b').statistic
     concordant_minus_discordant = tau_b * math.sqrt(comparable * (all_pairs - _tied_pairs(s)))
     return float(0.5 * (1 + concordant_minus_discordant / comparable))
 
 # %% ../nbs/07_metrics.ipynb #56b18cb8
-METRIC_NAMES = ('image_auroc', 'image_ap', 'image_f1_max', 'image_f1_threshold', 'pixel_auroc', 'pixel_aupro',
-                'severity_mae', 'severity_mse', 'severity_spearman', 'severity_kendall',
-                'score_truth_spearman', 'score_severity_spearman',
-                'level_auroc', 'ws_auroc', 'ws_auroc_index', 'ws_auroc_physical', 'c_index')
+METRIC_NAMES = (
+    'image_auroc',
+    'image_ap',
+    'image_f1_max',
+    'image_f1_threshold',
+    'pixel_auroc',
+    'pixel_aupro',
+    'severity_mae',
+    'severity_mse',
+    'severity_spearman',
+    'severity_kendall',
+    'score_truth_spearman',
+    'score_severity_spearman',
+    'level_auroc',
+    'ws_auroc',
+    'ws_auroc_index',
+    'ws_auroc_physical',
+    'c_index',
+)
+
 
 def _mean_severity_per_level(levels: np.ndarray, severity: np.ndarray):
     "{level: mean finite true severity} for the known levels, or the reason it cannot be computed."
     values = {}
     for k in np.unique(levels[np.isfinite(levels) & (levels >= 0)]).tolist():
         known = severity[(levels == k) & np.isfinite(severity)]
-        if known.size: values[int(k)] = float(known.mean())
-        elif k == 0: values[0] = 0.0
-        else: return None, f'level {int(k)} has no image with a known severity_true to set its physical value (give level_values)'
+        if known.size:
+            values[int(k)] = float(known.mean())
+        elif k == 0:
+            values[0] = 0.0
+        else:
+            return (
+                None,
+                f'level {int(k)} has no image with a known severity_true to set its physical value (give level_values)',
+            )
     return values, None
 
-def compute_metrics(labels, scores, severity_true=None, severity_pred=None, levels=None,
-                    masks=None, maps=None, level_values=None, fpr_limit: float = 0.3) -> dict:
+
+def compute_metrics(
+    labels,
+    scores,
+    severity_true=None,
+    severity_pred=None,
+    levels=None,
+    masks=None,
+    maps=None,
+    level_values=None,
+    fpr_limit: float = 0.3,
+) -> dict:
     """Every metric of `metrics.json` from per-image arrays: `labels` (0/1), `scores`, `severity_true` (NaN unknown),
     `severity_pred`, `levels` (0 normal, 1.., -1 unknown), optional `masks` and `maps` (N, H, W) or lists.
 
@@ -403,7 +529,8 @@ def compute_metrics(labels, scores, severity_true=None, severity_pred=None, leve
         metrics['pixel_aupro'] = _undefined('pixel_aupro', 'no masks or maps given')
     else:
         mask_images, map_images = _pixel_inputs(masks, maps)
-        if len(mask_images) != n: raise ValueError(f'masks and maps: {len(mask_images)} images, but {n} labels')
+        if len(mask_images) != n:
+            raise ValueError(f'masks and maps: {len(mask_images)} images, but {n} labels')
         metrics['pixel_auroc'] = pixel_auroc(mask_images, map_images)
         metrics['pixel_aupro'] = aupro(mask_images, map_images, fpr_limit=fpr_limit)
 
@@ -411,20 +538,35 @@ def compute_metrics(labels, scores, severity_true=None, severity_pred=None, leve
     pred = np.full(n, np.nan) if severity_pred is None else _vector(severity_pred, 'severity_pred')
     _check_lengths(labels=y, severity_true=truth, severity_pred=pred)
     subset = (y == 1) & np.isfinite(truth)
-    severity_metrics = (('severity_mae', severity_mae), ('severity_mse', severity_mse),
-                        ('severity_spearman', severity_spearman), ('severity_kendall', severity_kendall))
-    missing = 'severity_true not given' if severity_true is None else 'severity_pred not given' if severity_pred is None else None
+    severity_metrics = (
+        ('severity_mae', severity_mae),
+        ('severity_mse', severity_mse),
+        ('severity_spearman', severity_spearman),
+        ('severity_kendall', severity_kendall),
+    )
+    missing = (
+        'severity_true not given'
+        if severity_true is None
+        else 'severity_pred not given'
+        if severity_pred is None
+        else None
+    )
     for name, metric in severity_metrics:
         metrics[name] = _undefined(name, missing) if missing else metric(truth[subset], pred[subset])
-    metrics['score_truth_spearman'] = (_undefined('score_truth_spearman', 'severity_true not given') if severity_true is None
-                                       else score_truth_spearman(s[subset], truth[subset]))
-    metrics['score_severity_spearman'] = (_undefined('score_severity_spearman', missing) if missing
-                                          else score_severity_spearman(s[subset], pred[subset]))
+    metrics['score_truth_spearman'] = (
+        _undefined('score_truth_spearman', 'severity_true not given')
+        if severity_true is None
+        else score_truth_spearman(s[subset], truth[subset])
+    )
+    metrics['score_severity_spearman'] = (
+        _undefined('score_severity_spearman', missing) if missing else score_severity_spearman(s[subset], pred[subset])
+    )
 
     ordinal = ('ws_auroc', 'ws_auroc_index', 'ws_auroc_physical', 'c_index')
     if levels is None:
         metrics['level_auroc'] = {'all': _undefined('level_auroc', 'levels not given')}
-        for name in ordinal: metrics[name] = _undefined(name, 'levels not given')
+        for name in ordinal:
+            metrics[name] = _undefined(name, 'levels not given')
     else:
         lv = _vector(levels, 'levels')
         _check_lengths(labels=y, levels=lv)
@@ -432,6 +574,8 @@ def compute_metrics(labels, scores, severity_true=None, severity_pred=None, leve
         metrics['ws_auroc'] = ws_auroc(lv, s, 'uniform')
         metrics['ws_auroc_index'] = ws_auroc(lv, s, 'index')
         values, reason = (level_values, None) if level_values is not None else _mean_severity_per_level(lv, truth)
-        metrics['ws_auroc_physical'] = _undefined('ws_auroc_physical', reason) if reason else ws_auroc(lv, s, 'physical', values)
+        metrics['ws_auroc_physical'] = (
+            _undefined('ws_auroc_physical', reason) if reason else ws_auroc(lv, s, 'physical', values)
+        )
         metrics['c_index'] = c_index(lv, s)
     return {name: metrics[name] for name in METRIC_NAMES}

@@ -21,10 +21,12 @@ from .encoder import DinoEncoder
 # %% ../nbs/05_severity.ipynb #02efa29a
 class AttentionPool(nn.Module):
     "Weighted mean of tokens, with weights from a learned score per token (softmax over tokens)."
+
     def __init__(self, dim: int):
         super().__init__()
         self.score = nn.Linear(dim, 1)
-        nn.init.zeros_(self.score.weight); nn.init.zeros_(self.score.bias)  # starts as the plain mean
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)  # starts as the plain mean
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         weights = self.score(tokens).softmax(dim=1)  # (B, N, 1)
@@ -33,32 +35,46 @@ class AttentionPool(nn.Module):
 # %% ../nbs/05_severity.ipynb #54174dd1
 POOLINGS = ('avg', 'max', 'attention')
 
+
 def make_pooling(kind: str, dim: int) -> nn.Module:
     "Token pooling `(B, N, D) -> (B, D)`: 'avg' (the seed's), 'max' or 'attention'."
-    if kind == 'avg': return _Lambda(lambda t: t.mean(dim=1))
-    if kind == 'max': return _Lambda(lambda t: t.amax(dim=1))
-    if kind == 'attention': return AttentionPool(dim)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
+    if kind == 'avg':
+        return _Lambda(lambda t: t.mean(dim=1))
+    if kind == 'max':
+        return _Lambda(lambda t: t.amax(dim=1))
+    if kind == 'attention':
+        return AttentionPool(dim)
+    raise ValueError(f'pooling must be one of {POOLINGS}, got {kind!r}')
+
 
 class _Lambda(nn.Module):
-    def __init__(self, fn): super().__init__(); self.fn = fn
-    def forward(self, x): return self.fn(x)
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
 
 # %% ../nbs/05_severity.ipynb #3ea9eb42
 DISCREPANCY_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 
-def discrepancy_statistics(en: Sequence[torch.Tensor], de: Sequence[torch.Tensor],
-                           thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS) -> torch.Tensor:
+
+def discrepancy_statistics(
+    en: Sequence[torch.Tensor], de: Sequence[torch.Tensor], thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS
+) -> torch.Tensor:
     "Per group: mean, std, median, q90, q99, top-1% mean, max (x10) and area above `thresholds`. Returns (B, groups*(7+len(thresholds)))."
     stats = []
     for e, d in zip(en, de):
         dist = 1 - F.cosine_similarity(e.float(), d.float(), dim=-1)  # (B, N)
         top = dist.topk(max(1, round(0.01 * dist.shape[1])), dim=1).values
         q = torch.quantile(dist, torch.tensor([0.5, 0.9, 0.99], device=dist.device), dim=1).T
-        levels = torch.stack([dist.mean(1), dist.std(1, unbiased=False), q[:, 0], q[:, 1], q[:, 2], top.mean(1), dist.amax(1)], 1)
+        levels = torch.stack(
+            [dist.mean(1), dist.std(1, unbiased=False), q[:, 0], q[:, 1], q[:, 2], top.mean(1), dist.amax(1)], 1
+        )
         areas = torch.stack([(dist > t).float().mean(1) for t in thresholds], 1)
         stats += [10 * levels, areas]
     return torch.cat(stats, dim=1)
+
 
 def discrepancy_dim(groups: int, thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS) -> int:
     "Length of `discrepancy_statistics` for `groups` fusion groups."
@@ -67,15 +83,21 @@ def discrepancy_dim(groups: int, thresholds: Sequence[float] = DISCREPANCY_THRES
 # %% ../nbs/05_severity.ipynb #fe6e4d9c
 HEAD_ACTIVATIONS = ('softplus', 'relu', 'none')
 
+
 class SeverityHead(nn.Module):
     "MLP regression head: `in_dim -> hidden... -> 1`, non-negative output ('softplus', or the seed's 'relu')."
-    def __init__(self, in_dim: int, hidden: Sequence[int] = (256, 64), dropout: float = 0.3, activation: str = 'softplus'):
+
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int] = (256, 64), dropout: float = 0.3, activation: str = 'softplus'
+    ):
         super().__init__()
-        if activation not in HEAD_ACTIVATIONS: raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {activation!r}")
+        if activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f'head_activation must be one of {HEAD_ACTIVATIONS}, got {activation!r}')
         layers, width = [], in_dim
         for i, h in enumerate(hidden):
             layers += [nn.Linear(width, h), nn.ReLU()]
-            if i == 0 and dropout > 0: layers.append(nn.Dropout(dropout))
+            if i == 0 and dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
@@ -83,32 +105,52 @@ class SeverityHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mlp(x).squeeze(-1)
-        if self.activation == 'softplus': return F.softplus(out)
-        if self.activation == 'relu': return F.relu(out)
+        if self.activation == 'softplus':
+            return F.softplus(out)
+        if self.activation == 'relu':
+            return F.relu(out)
         return out
 
 # %% ../nbs/05_severity.ipynb #7adb9edb
 HEAD_INPUTS = ('bottleneck', 'discrepancy', 'both')
 RECON_ON = ('clean', 'all')
 
+
 class SeverityDinomaly(Dinomaly):
     "Dinomaly with a severity head on pooled bottleneck features (and optionally discrepancy statistics); one encoder pass."
-    def __init__(self, encoder: DinoEncoder, severity_weight: float = 0.1, pooling: str = 'avg',
-                 head_hidden: Sequence[int] = (256, 64), head_dropout: float = 0.3, head_activation: str = 'softplus',
-                 head_input: str = 'both', recon_on: str = 'clean', severity_loss: str = 'mse',
-                 max_severity: float = 10.0, **dinomaly_kwargs):
+
+    def __init__(
+        self,
+        encoder: DinoEncoder,
+        severity_weight: float = 0.1,
+        pooling: str = 'avg',
+        head_hidden: Sequence[int] = (256, 64),
+        head_dropout: float = 0.3,
+        head_activation: str = 'softplus',
+        head_input: str = 'both',
+        recon_on: str = 'clean',
+        severity_loss: str = 'mse',
+        max_severity: float = 10.0,
+        **dinomaly_kwargs,
+    ):
         super().__init__(encoder, **dinomaly_kwargs)
-        if severity_weight < 0: raise ValueError(f'severity_weight must be >= 0, got {severity_weight}')
-        if head_input not in HEAD_INPUTS: raise ValueError(f'head_input must be one of {HEAD_INPUTS}, got {head_input!r}')
-        if recon_on not in RECON_ON: raise ValueError(f'recon_on must be one of {RECON_ON}, got {recon_on!r}')
-        if severity_loss not in ('mse', 'smoothl1'): raise ValueError(f"severity_loss must be 'mse' or 'smoothl1', got {severity_loss!r}")
-        if max_severity <= 0: raise ValueError(f'max_severity must be > 0, got {max_severity}')
+        if severity_weight < 0:
+            raise ValueError(f'severity_weight must be >= 0, got {severity_weight}')
+        if head_input not in HEAD_INPUTS:
+            raise ValueError(f'head_input must be one of {HEAD_INPUTS}, got {head_input!r}')
+        if recon_on not in RECON_ON:
+            raise ValueError(f'recon_on must be one of {RECON_ON}, got {recon_on!r}')
+        if severity_loss not in ('mse', 'smoothl1'):
+            raise ValueError(f"severity_loss must be 'mse' or 'smoothl1', got {severity_loss!r}")
+        if max_severity <= 0:
+            raise ValueError(f'max_severity must be > 0, got {max_severity}')
         self.severity_weight, self.head_input, self.recon_on = severity_weight, head_input, recon_on
         self.severity_loss_kind, self.max_severity = severity_loss, max_severity
         dim = encoder.embed_dim
         self.pool = make_pooling(pooling, dim)
         in_dim = {'bottleneck': dim, 'discrepancy': 0, 'both': dim}[head_input]
-        if head_input != 'bottleneck': in_dim += discrepancy_dim(len(self.fuse_groups))
+        if head_input != 'bottleneck':
+            in_dim += discrepancy_dim(len(self.fuse_groups))
         self.severity_head = SeverityHead(in_dim, head_hidden, head_dropout, head_activation)
 
     def get_bottleneck_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +160,8 @@ class SeverityDinomaly(Dinomaly):
     def severity_inputs(self, features: DinomalyFeatures) -> torch.Tensor:
         "The head's input vector per image, from features already computed (no second encoder pass)."
         parts = []
-        if self.head_input in ('bottleneck', 'both'): parts.append(self.pool(features.bottleneck.float()))
+        if self.head_input in ('bottleneck', 'both'):
+            parts.append(self.pool(features.bottleneck.float()))
         if self.head_input in ('discrepancy', 'both'):
             # detached: the severity loss must not teach the decoder to fail on purpose
             parts.append(discrepancy_statistics([e.detach() for e in features.en], [d.detach() for d in features.de]))
@@ -129,15 +172,26 @@ class SeverityDinomaly(Dinomaly):
         with torch.autocast(features.bottleneck.device.type, enabled=False):
             return self.severity_head(self.severity_inputs(features).float())
 
-    def losses(self, images: torch.Tensor, step: int = 0, severity_target: Optional[torch.Tensor] = None,
-               augmented: Optional[torch.Tensor] = None) -> dict:
+    def losses(
+        self,
+        images: torch.Tensor,
+        step: int = 0,
+        severity_target: Optional[torch.Tensor] = None,
+        augmented: Optional[torch.Tensor] = None,
+    ) -> dict:
         "Training losses for a batch: `loss`, `recon_loss`, `severity_loss`, `severity_mae` (augmented samples), `severity_pred`."
         features = self.forward_features(images)
         if augmented is None:
-            augmented = torch.zeros(len(images), dtype=torch.bool, device=images.device) if severity_target is None else severity_target > 0
+            augmented = (
+                torch.zeros(len(images), dtype=torch.bool, device=images.device)
+                if severity_target is None
+                else severity_target > 0
+            )
         clean = ~augmented
-        if self.recon_on == 'all' or not clean.any(): recon = self.reconstruction_loss(features.en, features.de, step)
-        else: recon = self.reconstruction_loss(features.en, features.de, step, samples=clean)
+        if self.recon_on == 'all' or not clean.any():
+            recon = self.reconstruction_loss(features.en, features.de, step)
+        else:
+            recon = self.reconstruction_loss(features.en, features.de, step, samples=clean)
         out = {'recon_loss': recon, 'loss': recon}
         if severity_target is not None and self.severity_weight > 0:
             pred = self.predict_severity(features).float()
@@ -145,8 +199,9 @@ class SeverityDinomaly(Dinomaly):
             loss_fn = F.mse_loss if self.severity_loss_kind == 'mse' else F.smooth_l1_loss
             sev = loss_fn(pred / self.max_severity, target / self.max_severity)
             out.update(severity_loss=sev, loss=recon + self.severity_weight * sev, severity_pred=pred.detach())
-            out['severity_mae'] = ((pred.detach() - target)[augmented].abs().mean() if augmented.any()
-                                   else torch.tensor(float('nan')))
+            out['severity_mae'] = (
+                (pred.detach() - target)[augmented].abs().mean() if augmented.any() else torch.tensor(float('nan'))
+            )
         return out
 
     @torch.no_grad()

@@ -24,26 +24,36 @@ import torch
 from PIL import Image, ImageDraw
 
 # %% ../nbs/01_synthetic.ipynb #f114a6c5
-from .data import dataset_float_range, scale_float, severity_level, severity_of_change
+from .data import scale_float, severity_level
 
 # %% ../nbs/01_synthetic.ipynb #56f7fe50
-def _fade(t): return t * t * t * (t * (t * 6 - 15) + 10)
+def _fade(t):
+    return t * t * t * (t * (t * 6 - 15) + 10)
 
 # %% ../nbs/01_synthetic.ipynb #8781cc10
 def perlin_noise(shape, res, batch=None, generator=None):
     "Gradient (Perlin) noise of `shape` (H, W) with `res` (ry, rx) grid cells (or one int), values about in [-1, 1]; (H, W), or (batch, H, W) when `batch` is given."
     H, W = shape
     ry, rx = (res, res) if isinstance(res, int) else res
-    if ry < 1 or rx < 1: raise ValueError(f'perlin_noise: res must be >= 1, got {res}')
+    if ry < 1 or rx < 1:
+        raise ValueError(f'perlin_noise: res must be >= 1, got {res}')
     B = 1 if batch is None else batch
     cell_h, cell_w = math.ceil(H / ry), math.ceil(W / rx)
     angles = 2 * math.pi * torch.rand(B, ry + 1, rx + 1, generator=generator)
     grad_x, grad_y = torch.cos(angles), torch.sin(angles)
     ys, xs = torch.arange(H) / cell_h, torch.arange(W) / cell_w
     fy, fx = (ys - ys.floor())[:, None], (xs - xs.floor())[None, :]
-    def per_pixel(g, dy, dx):  # each cell's corner gradient repeated over the cell's pixels (much faster than gathering)
-        return g[:, dy:dy + ry, dx:dx + rx].repeat_interleave(cell_h, 1)[:, :H].repeat_interleave(cell_w, 2)[:, :, :W]
-    def corner(dy, dx): return per_pixel(grad_x, dy, dx) * (fx - dx) + per_pixel(grad_y, dy, dx) * (fy - dy)
+
+    def per_pixel(
+        g, dy, dx
+    ):  # each cell's corner gradient repeated over the cell's pixels (much faster than gathering)
+        return (
+            g[:, dy : dy + ry, dx : dx + rx].repeat_interleave(cell_h, 1)[:, :H].repeat_interleave(cell_w, 2)[:, :, :W]
+        )
+
+    def corner(dy, dx):
+        return per_pixel(grad_x, dy, dx) * (fx - dx) + per_pixel(grad_y, dy, dx) * (fy - dy)
+
     u, v = _fade(fx), _fade(fy)
     top = torch.lerp(corner(0, 0), corner(0, 1), u)
     bottom = torch.lerp(corner(1, 0), corner(1, 1), u)
@@ -59,11 +69,17 @@ def _rng(seed, *keys):
 # %% ../nbs/01_synthetic.ipynb #ef673e46
 class _one_thread:
     "Run torch on one thread inside (restored after): the arrays here are small, and thread hand-offs cost more than they save on a busy machine."
-    def __enter__(self): self.threads = torch.get_num_threads(); torch.set_num_threads(1)
-    def __exit__(self, *exc): torch.set_num_threads(self.threads)
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
 
 # %% ../nbs/01_synthetic.ipynb #513e9b39
-def _torch_generator(rng): return torch.Generator().manual_seed(int(rng.integers(2**62)))
+def _torch_generator(rng):
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 # %% ../nbs/01_synthetic.ipynb #f3749508
 LEVEL_TARGETS = ((0.6, 2.4), (2.6, 4.9), (5.1, 7.4), (7.6, 10.0))
@@ -85,12 +101,18 @@ def _prepare(out, info, overwrite):
     out = Path(out)
     marker = out / 'dataset.json'
     if out.exists():
-        if marker.is_file() and json.loads(marker.read_text()) == info and not overwrite: return out, None
+        if marker.is_file() and json.loads(marker.read_text()) == info and not overwrite:
+            return out, None
         if any(out.iterdir()):
-            if not marker.is_file(): raise FileExistsError(f'{out}: exists and is not a sevdino dataset; choose an empty or new folder')
-            if not overwrite: raise FileExistsError(f'{out}: holds another sevdino dataset ({marker.read_text().strip()[:200]}); pass overwrite=True to replace it')
+            if not marker.is_file():
+                raise FileExistsError(f'{out}: exists and is not a sevdino dataset; choose an empty or new folder')
+            if not overwrite:
+                raise FileExistsError(
+                    f'{out}: holds another sevdino dataset ({marker.read_text().strip()[:200]}); pass overwrite=True to replace it'
+                )
     tmp = out.parent / f'.{out.name}.partial-{os.getpid()}'
-    if tmp.exists(): shutil.rmtree(tmp)
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return out, tmp
 
@@ -104,7 +126,8 @@ def _finish(out, tmp, info, rows):
             s = f'{severity:.4f}'
             writer.writerow([path, s, severity_level(float(s))])
     (tmp / 'dataset.json').write_text(json.dumps(info, indent=1) + '\n')
-    if out.exists(): shutil.rmtree(out)
+    if out.exists():
+        shutil.rmtree(out)
     os.replace(tmp, out)
     return out
 
@@ -119,10 +142,12 @@ def _write_tiff(path, array):
     tifffile.imwrite(path, array)
 
 # %% ../nbs/01_synthetic.ipynb #894f1563
-def _to_uint8(unit): return np.round(np.clip(unit, 0, 1) * 255).astype(np.uint8)
+def _to_uint8(unit):
+    return np.round(np.clip(unit, 0, 1) * 255).astype(np.uint8)
 
 # %% ../nbs/01_synthetic.ipynb #efb3d28a
-def _write_mask(path, mask): _write_png(path, (mask > 0).astype(np.uint8) * 255)
+def _write_mask(path, mask):
+    _write_png(path, (mask > 0).astype(np.uint8) * 255)
 
 # %% ../nbs/01_synthetic.ipynb #795955c9
 HDMAP_DOMAINS = {
@@ -137,7 +162,11 @@ HDMAP_FAULTS = ('hline', 'sideband', 'diagonal', 'band')
 # %% ../nbs/01_synthetic.ipynb #e9a01950
 def _harmonic_rows(params, H, rng=None):
     jitter = 0.0 if rng is None else rng.uniform(-0.3, 0.3)
-    return [params['offset'] + jitter + k * params['spacing'] for k in range(int(H // params['spacing']) + 1) if params['offset'] + k * params['spacing'] < H - 0.5]
+    return [
+        params['offset'] + jitter + k * params['spacing']
+        for k in range(int(H // params['spacing']) + 1)
+        if params['offset'] + k * params['spacing'] < H - 0.5
+    ]
 
 # %% ../nbs/01_synthetic.ipynb #41d3092e
 def hdmap_normal(params, shape, rng):
@@ -149,8 +178,10 @@ def hdmap_normal(params, shape, rng):
     centres = _harmonic_rows(params, H, rng)
     drift = perlin_noise((2 * len(centres), W), (len(centres), 4), generator=gen)[1::2].double().numpy()
     for k, (centre, d) in enumerate(zip(centres, drift)):
-        strength = 0.85 ** k * rng.uniform(0.9, 1.1)
-        energy = energy + strength * (1 + params['drift'] * d)[None] * np.exp(-0.5 * ((rows - centre) / params['width']) ** 2)
+        strength = 0.85**k * rng.uniform(0.9, 1.1)
+        energy = energy + strength * (1 + params['drift'] * d)[None] * np.exp(
+            -0.5 * ((rows - centre) / params['width']) ** 2
+        )
     noise = rng.normal(0, params['noise'], (H, W))
     energy = energy * np.exp(noise - params['noise'] ** 2 / 2) * rng.uniform(0.95, 1.05)
     return (params['amplitude'] * energy).astype(np.float32)
@@ -184,7 +215,9 @@ def _hdmap_fault_profile(kind, area, params, shape, rng):
         start = rng.uniform(-5, W - length + 5)
         for centre in rng.choice(centres, count, replace=False):
             for side in (-gap, gap):
-                profile = np.maximum(profile, np.exp(-0.5 * ((r - centre - side) / 0.55) ** 2) * _window(c, start, length))
+                profile = np.maximum(
+                    profile, np.exp(-0.5 * ((r - centre - side) / 0.55) ** 2) * _window(c, start, length)
+                )
     elif kind == 'diagonal':
         sigma = rng.uniform(0.5, 0.8)
         length = rng.uniform(15, 40)
@@ -203,7 +236,8 @@ def _hdmap_fault_profile(kind, area, params, shape, rng):
         row, start = rng.uniform(0, H - height), rng.uniform(-3, W - width + 3)
         texture = 0.8 + 0.2 * rng.uniform(size=(H, W))
         profile = _window(r, row, height, 1.5) * _window(c, start, width, 3.0) * texture
-    else: raise ValueError(f'unknown hdmap fault {kind!r}; expected one of {HDMAP_FAULTS}')
+    else:
+        raise ValueError(f'unknown hdmap fault {kind!r}; expected one of {HDMAP_FAULTS}')
     return profile
 
 # %% ../nbs/01_synthetic.ipynb #89d20c56
@@ -212,14 +246,18 @@ def hdmap_fault(clean, kind, target, params, float_range, rng, contrast=(0.25, 0
     lo, hi = float_range
     clean_unit = scale_float(clean, float_range)
     area = target / 100 * clean.size / rng.uniform(*contrast)
+
     def render(profile, strength):
         faulty = (clean + strength * (hi - lo) * profile).astype(np.float32)
         return faulty, 100 * float(np.abs(scale_float(faulty, float_range) - clean_unit).mean())
+
     for _ in range(30):
         profile = _hdmap_fault_profile(kind, area, params, clean.shape, rng)
-        if render(profile, 1.0)[1] >= target: break
+        if render(profile, 1.0)[1] >= target:
+            break
         area *= 1.3
-    else: raise RuntimeError(f'hdmap fault {kind!r} cannot reach severity {target}')
+    else:
+        raise RuntimeError(f'hdmap fault {kind!r} cannot reach severity {target}')
     low, high = 0.0, 1.0
     for _ in range(40):
         mid = (low + high) / 2
@@ -228,16 +266,28 @@ def hdmap_fault(clean, kind, target, params, float_range, rng, contrast=(0.25, 0
     return faulty, profile > 0.3, severity
 
 # %% ../nbs/01_synthetic.ipynb #4715742c
-TEXTURE_SOURCES = {'brick': 'brick', 'grass': 'grass', 'gravel': 'gravel', 'moon': 'moon', 'ihc': 'immunohistochemistry',
-                   'hubble': 'hubble_deep_field', 'coffee': 'coffee', 'chelsea': 'chelsea', 'astronaut': 'astronaut', 'camera': 'camera'}
+TEXTURE_SOURCES = {
+    'brick': 'brick',
+    'grass': 'grass',
+    'gravel': 'gravel',
+    'moon': 'moon',
+    'ihc': 'immunohistochemistry',
+    'hubble': 'hubble_deep_field',
+    'coffee': 'coffee',
+    'chelsea': 'chelsea',
+    'astronaut': 'astronaut',
+    'camera': 'camera',
+}
 TEXTURE_NAMES = tuple(TEXTURE_SOURCES)
 
 # %% ../nbs/01_synthetic.ipynb #131415ad
 @lru_cache(maxsize=None)
 def _photo(name):
     "A scikit-image photograph as uint8 (H,W) or (H,W,3), read once."
-    if name not in TEXTURE_SOURCES: raise ValueError(f'unknown texture {name!r}; expected one of {", ".join(TEXTURE_NAMES)}')
+    if name not in TEXTURE_SOURCES:
+        raise ValueError(f'unknown texture {name!r}; expected one of {", ".join(TEXTURE_NAMES)}')
     import skimage.data
+
     array = np.asarray(getattr(skimage.data, TEXTURE_SOURCES[name])())
     array.flags.writeable = False
     return array
@@ -248,7 +298,8 @@ def texture_bank(names=None):
     out = []
     for name in names or TEXTURE_NAMES:
         photo = _photo(name).astype(np.float32) / 255
-        if photo.ndim == 2: photo = np.repeat(photo[..., None], 3, 2)
+        if photo.ndim == 2:
+            photo = np.repeat(photo[..., None], 3, 2)
         out.append(torch.from_numpy(np.ascontiguousarray(photo[..., :3].transpose(2, 0, 1))))
     return out
 
@@ -256,18 +307,27 @@ def texture_bank(names=None):
 def _crop(photo, size, rng, flip=True):
     "A random `size` x `size` crop of a (H,W[,C]) photo as float64 [0, 1] (C,size,size)."
     H, W = photo.shape[:2]
-    if min(H, W) < size: raise ValueError(f'crop size {size} is larger than the photograph ({H}x{W})')
+    if min(H, W) < size:
+        raise ValueError(f'crop size {size} is larger than the photograph ({H}x{W})')
     y, x = rng.integers(0, H - size + 1), rng.integers(0, W - size + 1)
-    crop = photo[y:y + size, x:x + size].astype(np.float64) / 255
+    crop = photo[y : y + size, x : x + size].astype(np.float64) / 255
     crop = crop[None] if crop.ndim == 2 else crop.transpose(2, 0, 1)
-    if flip and rng.random() < 0.5: crop = crop[:, :, ::-1]
-    if flip and rng.random() < 0.5: crop = crop[:, ::-1]
+    if flip and rng.random() < 0.5:
+        crop = crop[:, :, ::-1]
+    if flip and rng.random() < 0.5:
+        crop = crop[:, ::-1]
     return np.ascontiguousarray(crop)
 
 # %% ../nbs/01_synthetic.ipynb #7fb7063e
 TEXTURE_DEFECTS = ('scratch', 'cut', 'hole', 'foreign', 'stain')
 # the strength (alpha) range of each family: holes and cuts are opaque, foreign material is blended as in DRAEM
-DEFECT_ALPHA = {'scratch': (0.6, 1.0), 'cut': (0.85, 1.0), 'hole': (0.85, 1.0), 'foreign': (0.3, 1.0), 'stain': (0.5, 1.0)}
+DEFECT_ALPHA = {
+    'scratch': (0.6, 1.0),
+    'cut': (0.85, 1.0),
+    'hole': (0.85, 1.0),
+    'foreign': (0.3, 1.0),
+    'stain': (0.5, 1.0),
+}
 
 # %% ../nbs/01_synthetic.ipynb #e4040c26
 def _grid(size):
@@ -288,7 +348,8 @@ def _strokes(size, polylines, width, supersample=4):
 def _blob_radius(angles, rng, roughness=0.15):
     "Relative radius of an irregular closed outline at `angles`."
     radius = np.ones_like(angles)
-    for k in range(2, 6): radius = radius + rng.uniform(0, roughness) / (k - 1) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    for k in range(2, 6):
+        radius = radius + rng.uniform(0, roughness) / (k - 1) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
     return radius
 
 # %% ../nbs/01_synthetic.ipynb #fd0ce3fd
@@ -309,7 +370,7 @@ def _texture_support(kind, area, clean, rng, foreign):
             end = start + length * np.array([np.sin(angle), np.cos(angle)])
             bend = (start + end) / 2 + rng.uniform(-0.25, 0.25) * length * np.array([np.cos(angle), -np.sin(angle)])
             t = np.linspace(0, 1, 24)[:, None]
-            polylines.append((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t ** 2 * end)
+            polylines.append((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end)
         support = _strokes(size, polylines, width)
         tone = rng.uniform(0.85, 1.0) if rng.random() < 0.5 else rng.uniform(0.0, 0.12)
         appearance = np.full_like(clean, tone)
@@ -327,7 +388,7 @@ def _texture_support(kind, area, clean, rng, foreign):
                 edge = (np.sqrt((u / half_length) ** 2 + (v / half_width) ** 2) - 1) * half_width
             else:
                 radius = math.sqrt(area / count / np.pi)
-                r, phi = np.sqrt(u ** 2 + v ** 2), np.arctan2(v, u)
+                r, phi = np.sqrt(u**2 + v**2), np.arctan2(v, u)
                 edge = r - radius * _blob_radius(phi, rng)
             support = np.maximum(support, np.clip(0.5 - edge, 0, 1))
         shade = rng.uniform(0.02, 0.12) + 0.04 * (ys / size)
@@ -336,15 +397,26 @@ def _texture_support(kind, area, clean, rng, foreign):
         gen = _torch_generator(rng)
         res = int(rng.choice([2, 4, 8]))
         noise = perlin_noise((size, size), (res, res), generator=gen).double().numpy()
-        threshold = np.quantile(noise, 1 - min(area / size ** 2, 0.95))
+        threshold = np.quantile(noise, 1 - min(area / size**2, 0.95))
         support = (noise > threshold).astype(np.float64)
         photo = _photo(foreign)
         material = _crop(photo, min(size, *photo.shape[:2]), rng)
-        if material.shape[1] != size: material = np.asarray(Image.fromarray(_to_uint8(material.transpose(1, 2, 0)).squeeze()).resize((size, size)), np.float64).reshape(size, size, -1).transpose(2, 0, 1) / 255
-        if C == 1 and material.shape[0] == 3: material = material.mean(0, keepdims=True)
-        if C == 3 and material.shape[0] == 1: material = np.repeat(material, 3, 0)
+        if material.shape[1] != size:
+            material = (
+                np.asarray(
+                    Image.fromarray(_to_uint8(material.transpose(1, 2, 0)).squeeze()).resize((size, size)), np.float64
+                )
+                .reshape(size, size, -1)
+                .transpose(2, 0, 1)
+                / 255
+            )
+        if C == 1 and material.shape[0] == 3:
+            material = material.mean(0, keepdims=True)
+        if C == 3 and material.shape[0] == 1:
+            material = np.repeat(material, 3, 0)
         # as DRAEM, change the material's look at random so it differs from the background
-        if rng.random() < 0.5: material = 1 - material
+        if rng.random() < 0.5:
+            material = 1 - material
         material = np.clip((material - material.mean()) * rng.uniform(0.8, 1.6) + rng.uniform(0.2, 0.8), 0, 1)
         appearance = material
     elif kind == 'stain':
@@ -356,15 +428,19 @@ def _texture_support(kind, area, clean, rng, foreign):
         if C == 3 and rng.random() < 0.6:
             tint = np.array([[1.0, 0.55, 0.25], [0.35, 0.45, 1.0], [0.5, 0.9, 0.4]])[rng.integers(3)]
             appearance = clean * tint[:, None, None]
-        elif rng.random() < 0.7: appearance = clean * rng.uniform(0.25, 0.5)
-        else: appearance = clean + (1 - clean) * rng.uniform(0.5, 0.8)
-    else: raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
+        elif rng.random() < 0.7:
+            appearance = clean * rng.uniform(0.25, 0.5)
+        else:
+            appearance = clean + (1 - clean) * rng.uniform(0.5, 0.8)
+    else:
+        raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
     return support, appearance
 
 # %% ../nbs/01_synthetic.ipynb #2394f90c
 def texture_defect(clean, kind, target, rng, foreign='gravel', max_area=0.5):
     "Put a defect of `kind` with severity `target` on `clean` (C,H,W) float [0, 1] in 8-bit steps; returns (faulty uint8 (H,W[,C]), mask (H,W) bool, severity)."
-    if kind not in TEXTURE_DEFECTS: raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
+    if kind not in TEXTURE_DEFECTS:
+        raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
     pixels = clean.shape[1] * clean.shape[2]
     clean8 = _to_uint8(clean).astype(np.float64) / 255
     restart = True
@@ -374,39 +450,76 @@ def texture_defect(clean, kind, target, rng, foreign='gravel', max_area=0.5):
             area, restart = target / 100 * pixels / alpha_max / 0.5, False
         support, appearance = _texture_support(kind, area, clean8, rng, foreign)
         full = 100 * float(np.abs((appearance - clean8) * support).mean())
-        if full * alpha_max >= target and support.mean() <= max_area: break
+        if full * alpha_max >= target and support.mean() <= max_area:
+            break
         area *= 1.2
         restart = support.mean() > max_area or area > max_area * pixels
-    else: raise RuntimeError(f'texture defect {kind!r} cannot reach severity {target} on this image within {max_area:.0%} of its area')
+    else:
+        raise RuntimeError(
+            f'texture defect {kind!r} cannot reach severity {target} on this image within {max_area:.0%} of its area'
+        )
     alpha = target / full
     for _ in range(6):
         faulty8 = _to_uint8(clean8 + alpha * (appearance - clean8) * support)
         severity = 100 * float(np.abs(faulty8 / 255 - clean8).mean())
-        if abs(severity - target) < 0.02 or severity == 0: break
+        if abs(severity - target) < 0.02 or severity == 0:
+            break
         alpha = min(1.0, alpha * target / severity)
     image = faulty8.transpose(1, 2, 0)
     return (image[..., 0] if image.shape[2] == 1 else image), support > 0.5, severity
 
 # %% ../nbs/01_synthetic.ipynb #3e0ed322
-def make_hdmap_sim(out, seed=0, domains=tuple(HDMAP_DOMAINS), n_train=200, n_test_good=60, n_test_faulty=80, shape=(31, 95), faults=HDMAP_FAULTS, overwrite=False):
+def make_hdmap_sim(
+    out,
+    seed=0,
+    domains=tuple(HDMAP_DOMAINS),
+    n_train=200,
+    n_test_good=60,
+    n_test_faulty=80,
+    shape=(31, 95),
+    faults=HDMAP_FAULTS,
+    overwrite=False,
+):
     "Write the `hdmap-sim` dataset (HDMAP layout, float32 TIFF, masks in `<domain>/ground_truth`, `severity.csv`) to `out`; returns its path."
     unknown = [d for d in domains if d not in HDMAP_DOMAINS] + [f for f in faults if f not in HDMAP_FAULTS]
-    if unknown: raise ValueError(f'hdmap-sim: unknown domains/faults {unknown}; domains are {list(HDMAP_DOMAINS)}, faults {list(HDMAP_FAULTS)}')
-    info = dict(name='hdmap-sim', seed=seed, domains=list(domains), n_train=n_train, n_test_good=n_test_good,
-                n_test_faulty=n_test_faulty, shape=list(shape), faults=list(faults), format=1)
+    if unknown:
+        raise ValueError(
+            f'hdmap-sim: unknown domains/faults {unknown}; domains are {list(HDMAP_DOMAINS)}, faults {list(HDMAP_FAULTS)}'
+        )
+    info = dict(
+        name='hdmap-sim',
+        seed=seed,
+        domains=list(domains),
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_faulty=n_test_faulty,
+        shape=list(shape),
+        faults=list(faults),
+        format=1,
+    )
     out, tmp = _prepare(out, info, overwrite)
-    if tmp is None: return out
+    if tmp is None:
+        return out
     rows = []
     with _one_thread():
         for domain in domains:
             params, base = HDMAP_DOMAINS[domain], tmp / domain
             train = [hdmap_normal(params, shape, _rng(seed, 'hdmap', domain, 'train', i)) for i in range(n_train)]
-            for i, m in enumerate(train): _write_tiff(base / 'train' / 'good' / f'{i:03d}.tiff', m)
-            float_range = (float(min(m.min() for m in train)), float(max(m.max() for m in train)))  # = dataset_float_range of the train files
+            for i, m in enumerate(train):
+                _write_tiff(base / 'train' / 'good' / f'{i:03d}.tiff', m)
+            float_range = (
+                float(min(m.min() for m in train)),
+                float(max(m.max() for m in train)),
+            )  # = dataset_float_range of the train files
             for i in range(n_test_good):
-                _write_tiff(base / 'test' / 'good' / f'{i:03d}.tiff', hdmap_normal(params, shape, _rng(seed, 'hdmap', domain, 'test-good', i)))
+                _write_tiff(
+                    base / 'test' / 'good' / f'{i:03d}.tiff',
+                    hdmap_normal(params, shape, _rng(seed, 'hdmap', domain, 'test-good', i)),
+                )
             counts = dict.fromkeys(faults, 0)
-            for j, (kind, level, target) in enumerate(severity_plan(n_test_faulty, faults, _rng(seed, 'hdmap', domain, 'plan'))):
+            for j, (kind, level, target) in enumerate(
+                severity_plan(n_test_faulty, faults, _rng(seed, 'hdmap', domain, 'plan'))
+            ):
                 rng = _rng(seed, 'hdmap', domain, 'test-fault', j)
                 clean = hdmap_normal(params, shape, rng)
                 faulty, mask, severity = hdmap_fault(clean, kind, target, params, float_range, rng)
@@ -422,32 +535,69 @@ def _as_image(unit):
     image = _to_uint8(unit.transpose(1, 2, 0))
     return image[..., 0] if image.shape[2] == 1 else image
 
+
 def _texture_test_faults(category, seed, n_test_faulty, size, defects):
     "Each test fault of `category` as `make_textures` draws it: (kind, file stem, target severity, clean crop (C,size,size), its generator, already past the crop)."
     counts = dict.fromkeys(defects, 0)
-    for j, (kind, level, target) in enumerate(severity_plan(n_test_faulty, defects, _rng(seed, 'textures', category, 'plan'))):
+    for j, (kind, level, target) in enumerate(
+        severity_plan(n_test_faulty, defects, _rng(seed, 'textures', category, 'plan'))
+    ):
         rng = _rng(seed, 'textures', category, 'test-fault', j)
         clean = _crop(_photo(category), size, rng)
         name, counts[kind] = f'{counts[kind]:03d}', counts[kind] + 1
         yield kind, name, target, clean, rng
 
 # %% ../nbs/01_synthetic.ipynb #5022336e
-def make_textures(out, seed=0, categories=('brick', 'grass', 'gravel'), n_train=150, n_test_good=40, n_test_faulty=60, size=224, defects=TEXTURE_DEFECTS, overwrite=False):
+def make_textures(
+    out,
+    seed=0,
+    categories=('brick', 'grass', 'gravel'),
+    n_train=150,
+    n_test_good=40,
+    n_test_faulty=60,
+    size=224,
+    defects=TEXTURE_DEFECTS,
+    overwrite=False,
+):
     "Write the `textures` dataset (MVTec AD layout, png crops of scikit-image photographs, pixel masks, `severity.csv`) to `out`; returns its path."
     unknown = [c for c in categories if c not in TEXTURE_SOURCES] + [d for d in defects if d not in TEXTURE_DEFECTS]
-    if unknown: raise ValueError(f'textures: unknown categories/defects {unknown}; categories are {list(TEXTURE_NAMES)}, defects {list(TEXTURE_DEFECTS)}')
-    info = dict(name='textures', seed=seed, categories=list(categories), n_train=n_train, n_test_good=n_test_good,
-                n_test_faulty=n_test_faulty, size=size, defects=list(defects), format=1)
+    if unknown:
+        raise ValueError(
+            f'textures: unknown categories/defects {unknown}; categories are {list(TEXTURE_NAMES)}, defects {list(TEXTURE_DEFECTS)}'
+        )
+    info = dict(
+        name='textures',
+        seed=seed,
+        categories=list(categories),
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_faulty=n_test_faulty,
+        size=size,
+        defects=list(defects),
+        format=1,
+    )
     out, tmp = _prepare(out, info, overwrite)
-    if tmp is None: return out
+    if tmp is None:
+        return out
     rows = []
     with _one_thread():
         for category in categories:
             photo, base = _photo(category), tmp / category
             foreign = [n for n in TEXTURE_NAMES if n != category]
-            def save(path, unit): _write_png(path, _as_image(unit))
-            for i in range(n_train): save(base / 'train' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'train', i)))
-            for i in range(n_test_good): save(base / 'test' / 'good' / f'{i:03d}.png', _crop(photo, size, _rng(seed, 'textures', category, 'test-good', i)))
+
+            def save(path, unit):
+                _write_png(path, _as_image(unit))
+
+            for i in range(n_train):
+                save(
+                    base / 'train' / 'good' / f'{i:03d}.png',
+                    _crop(photo, size, _rng(seed, 'textures', category, 'train', i)),
+                )
+            for i in range(n_test_good):
+                save(
+                    base / 'test' / 'good' / f'{i:03d}.png',
+                    _crop(photo, size, _rng(seed, 'textures', category, 'test-good', i)),
+                )
             for kind, name, target, clean, rng in _texture_test_faults(category, seed, n_test_faulty, size, defects):
                 faulty, mask, severity = texture_defect(clean, kind, target, rng, foreign=str(rng.choice(foreign)))
                 _write_png(base / 'test' / kind / f'{name}.png', faulty)
@@ -461,16 +611,24 @@ BUILTIN_DATASETS = {'hdmap-sim': make_hdmap_sim, 'textures': make_textures}
 # %% ../nbs/01_synthetic.ipynb #033900d0
 def make_dataset(name, out, seed=0, **sizes):
     "Write the built-in dataset `name` (see `BUILTIN_DATASETS`) to `out` with `seed`; `sizes` go to its maker (e.g. n_train); returns the dataset's path."
-    if name not in BUILTIN_DATASETS: raise ValueError(f'unknown built-in dataset {name!r}; expected one of {", ".join(BUILTIN_DATASETS)}')
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f'unknown built-in dataset {name!r}; expected one of {", ".join(BUILTIN_DATASETS)}')
     return BUILTIN_DATASETS[name](out, seed=seed, **sizes)
 
 # %% ../nbs/01_synthetic.ipynb #55bda0e5
 def textures_clean_images(root, category):
     "The fault-free crop under each test fault of `category` in the `textures` dataset at `root` (as `make_textures` wrote it), regenerated from its `dataset.json`: {image path relative to `root`: uint8 (H,W) or (H,W,3)}."
     marker = Path(root) / 'dataset.json'
-    if not marker.is_file(): raise FileNotFoundError(f'{marker}: missing; {root} is not a dataset written by make_textures')
+    if not marker.is_file():
+        raise FileNotFoundError(f'{marker}: missing; {root} is not a dataset written by make_textures')
     info = json.loads(marker.read_text())
-    if info.get('name') != 'textures': raise ValueError(f"{marker}: holds the {info.get('name')!r} dataset, not 'textures'")
-    if category not in info['categories']: raise ValueError(f"{marker}: no category {category!r}; it has {', '.join(info['categories'])}")
-    return {f'{category}/test/{kind}/{name}.png': _as_image(clean)
-            for kind, name, _, clean, _ in _texture_test_faults(category, info['seed'], info['n_test_faulty'], info['size'], info['defects'])}
+    if info.get('name') != 'textures':
+        raise ValueError(f"{marker}: holds the {info.get('name')!r} dataset, not 'textures'")
+    if category not in info['categories']:
+        raise ValueError(f'{marker}: no category {category!r}; it has {", ".join(info["categories"])}')
+    return {
+        f'{category}/test/{kind}/{name}.png': _as_image(clean)
+        for kind, name, _, clean, _ in _texture_test_faults(
+            category, info['seed'], info['n_test_faulty'], info['size'], info['defects']
+        )
+    }

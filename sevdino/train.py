@@ -14,16 +14,13 @@ import csv
 import dataclasses
 import importlib
 import json
-import math
 import os
-import random
 import warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional
 
 # %% ../nbs/06_train.ipynb #25de6e9e
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
@@ -40,22 +37,25 @@ from .severity import POOLINGS, HEAD_INPUTS, RECON_ON, SeverityDinomaly
 MODELS = ('severity-dinomaly', 'dinomaly', 'draem-sevnet')
 PRECISIONS = ('auto', 'bf16', 'fp32')
 
+
 class ConfigError(ValueError):
     "A configuration that cannot be run: the message names the key and what is wrong."
+
 
 @dataclass
 class TrainConfig:
     "Every setting of a training run; saved as `config.json` in the run folder."
-    data: str = ''                       # dataset root (MVTec or HDMAP layout)
-    domain: Optional[str] = None         # MVTec category or HDMAP domain
-    out: str = 'runs/run'                # run folder
-    model: str = 'severity-dinomaly'     # or 'dinomaly' (no head, no augmentation), 'draem-sevnet' (the baseline)
+
+    data: str = ''  # dataset root (MVTec or HDMAP layout)
+    domain: Optional[str] = None  # MVTec category or HDMAP domain
+    out: str = 'runs/run'  # run folder
+    model: str = 'severity-dinomaly'  # or 'dinomaly' (no head, no augmentation), 'draem-sevnet' (the baseline)
     steps: int = 1000
     batch_size: int = 16
-    image_size: tuple = (224, 224)       # (height, width), multiples of 14
+    image_size: tuple = (224, 224)  # (height, width), multiples of 14
     encoder: str = 'vit_small_patch14_dinov2'
     weights: str = 'auto'
-    taps: Optional[tuple] = None         # None: Dinomaly's (2..9 for ViT-S/B)
+    taps: Optional[tuple] = None  # None: Dinomaly's (2..9 for ViT-S/B)
     bottleneck_dropout: float = 0.2
     decoder_depth: int = 8
     severity_weight: float = 0.1
@@ -78,20 +78,32 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     float_range: Optional[tuple] = None  # float images: (lo, hi) of the training data, computed when None
-    model_options: dict = field(default_factory=dict)  # settings only a registered model reads (e.g. DRAEM-SevNet's width)
+    model_options: dict = field(
+        default_factory=dict
+    )  # settings only a registered model reads (e.g. DRAEM-SevNet's width)
 
     def validate(self) -> 'TrainConfig':
         "Raise `ConfigError` naming the first impossible setting; return self."
+
         def need(ok, key, why):
-            if not ok: raise ConfigError(f'config: {key}={getattr(self, key)!r}: {why}')
+            if not ok:
+                raise ConfigError(f'config: {key}={getattr(self, key)!r}: {why}')
+
         need(self.model in MODELS, 'model', f'must be one of {MODELS}')
         need(self.steps >= 1, 'steps', 'must be >= 1')
         need(self.batch_size >= 1, 'batch_size', 'must be >= 1')
-        need(len(self.image_size) == 2 and all(int(s) > 0 and int(s) % 14 == 0 for s in self.image_size), 'image_size',
-             'must be (height, width), both positive multiples of 14 (the patch size)')
+        need(
+            len(self.image_size) == 2 and all(int(s) > 0 and int(s) % 14 == 0 for s in self.image_size),
+            'image_size',
+            'must be (height, width), both positive multiples of 14 (the patch size)',
+        )
         need(self.severity_weight >= 0, 'severity_weight', 'must be >= 0')
         need(0 <= self.aug_ratio <= 1, 'aug_ratio', 'must be in [0, 1]')
-        need(len(self.families) > 0 and all(f in FAULT_FAMILIES for f in self.families), 'families', f'each must be one of {tuple(FAULT_FAMILIES)}')
+        need(
+            len(self.families) > 0 and all(f in FAULT_FAMILIES for f in self.families),
+            'families',
+            f'each must be one of {tuple(FAULT_FAMILIES)}',
+        )
         need(self.max_severity > 0, 'max_severity', 'must be > 0')
         need(self.pooling in POOLINGS, 'pooling', f'must be one of {POOLINGS}')
         need(self.head_input in HEAD_INPUTS, 'head_input', f'must be one of {HEAD_INPUTS}')
@@ -104,8 +116,11 @@ class TrainConfig:
         need(self.precision in PRECISIONS, 'precision', f'must be one of {PRECISIONS}')
         need(self.checkpoint_every >= 1, 'checkpoint_every', 'must be >= 1')
         need(isinstance(self.model_options, dict), 'model_options', 'must be a dict of option name to value')
-        need(self.float_range is None or (len(self.float_range) == 2 and self.float_range[1] > self.float_range[0]),
-             'float_range', 'must be (lo, hi) with hi > lo')
+        need(
+            self.float_range is None or (len(self.float_range) == 2 and self.float_range[1] > self.float_range[0]),
+            'float_range',
+            'must be (lo, hi) with hi > lo',
+        )
         return self
 
     def to_dict(self) -> dict:
@@ -117,7 +132,8 @@ class TrainConfig:
         "Config from a dict (e.g. `config.json`); unknown keys are an error that names them."
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
-        if unknown: raise ConfigError(f'{source}: unknown keys {unknown}; known keys: {sorted(names)}')
+        if unknown:
+            raise ConfigError(f'{source}: unknown keys {unknown}; known keys: {sorted(names)}')
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d).validate()
 
@@ -125,32 +141,42 @@ class TrainConfig:
 def parse_image_size(text: str) -> tuple:
     "(height, width) from 'N' or 'HxW' (or 'H,W'): the `--image-size` of every command."
     parts = [int(p) for p in text.lower().replace('x', ',').split(',')]
-    if len(parts) == 1: parts *= 2
-    if len(parts) != 2: raise argparse.ArgumentTypeError(f'image size {text!r}: give N or HxW')
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f'image size {text!r}: give N or HxW')
     return tuple(parts)
 
 # %% ../nbs/06_train.ipynb #16bf844a
 def bf16_is_fast(device: torch.device) -> bool:
     "True where bf16 matrix work is native: CUDA, or a CPU with AVX512-BF16 or AMX."
-    if device.type == 'cuda': return True
+    if device.type == 'cuda':
+        return True
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     "'bf16' or 'fp32' for `precision` ('auto' picks bf16 where it is fast)."
-    if precision == 'auto': return 'bf16' if bf16_is_fast(device) else 'fp32'
+    if precision == 'auto':
+        return 'bf16' if bf16_is_fast(device) else 'fp32'
     return precision
+
 
 def autocast(precision: str, device: torch.device):
     "Autocast context for a resolved precision."
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
 # %% ../nbs/06_train.ipynb #9007d822
-MODEL_MODULES = {'draem-sevnet': 'sevdino.draem_sevnet'}  # models of later chapters: imported on first use, so this chapter does not depend on them
+MODEL_MODULES = {
+    'draem-sevnet': 'sevdino.draem_sevnet'
+}  # models of later chapters: imported on first use, so this chapter does not depend on them
 _MODEL_BUILDERS = {}
+
 
 def register_model(name: str, build) -> None:
     "Make `build(config, weights) -> nn.Module` the builder of `config.model == name` (called by the module named in `MODEL_MODULES`)."
     _MODEL_BUILDERS[name] = build
+
 
 def build_model(config: TrainConfig, weights=None) -> nn.Module:
     "The model a config describes, with encoder weights `weights` (default: the config's source); initialised from `config.seed`."
@@ -158,66 +184,106 @@ def build_model(config: TrainConfig, weights=None) -> nn.Module:
     if config.model in MODEL_MODULES:
         importlib.import_module(MODEL_MODULES[config.model])
         return _MODEL_BUILDERS[config.model](config, weights)
-    if config.model_options: raise ConfigError(f'config: model_options={config.model_options!r}: model {config.model!r} takes none')
-    encoder = DinoEncoder(config.encoder, weights=config.weights if weights is None else weights,
-                          taps=tuple(config.taps) if config.taps else None)
+    if config.model_options:
+        raise ConfigError(f'config: model_options={config.model_options!r}: model {config.model!r} takes none')
+    encoder = DinoEncoder(
+        config.encoder,
+        weights=config.weights if weights is None else weights,
+        taps=tuple(config.taps) if config.taps else None,
+    )
     common = dict(bottleneck_dropout=config.bottleneck_dropout, decoder_depth=config.decoder_depth)
-    if config.model == 'dinomaly': return Dinomaly(encoder, **common)
-    return SeverityDinomaly(encoder, severity_weight=config.severity_weight, pooling=config.pooling,
-                            head_hidden=tuple(config.head_hidden), head_dropout=config.head_dropout,
-                            head_activation=config.head_activation, head_input=config.head_input,
-                            recon_on=config.recon_on, severity_loss=config.severity_loss,
-                            max_severity=config.max_severity, **common)
+    if config.model == 'dinomaly':
+        return Dinomaly(encoder, **common)
+    return SeverityDinomaly(
+        encoder,
+        severity_weight=config.severity_weight,
+        pooling=config.pooling,
+        head_hidden=tuple(config.head_hidden),
+        head_dropout=config.head_dropout,
+        head_activation=config.head_activation,
+        head_input=config.head_input,
+        recon_on=config.recon_on,
+        severity_loss=config.severity_loss,
+        max_severity=config.max_severity,
+        **common,
+    )
+
 
 def trainable_state_dict(model: nn.Module) -> dict:
     "The weights training changes (everything but the frozen encoder), contiguous, on the CPU."
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith('encoder.')}
+
 
 def load_trainable_state_dict(model: nn.Module, state_dict: dict, source: str = 'weights'):
     "Load `trainable_state_dict` output into `model`; anything but the encoder missing or extra is an error naming `source`."
     expected = set(trainable_state_dict(model))
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
-        raise ConfigError(f'{source}: weights do not fit this model (missing {missing[:4]}, unexpected {unexpected[:4]}): '
-                          'a run of another model or configuration?')
+        raise ConfigError(
+            f'{source}: weights do not fit this model (missing {missing[:4]}, unexpected {unexpected[:4]}): '
+            'a run of another model or configuration?'
+        )
     model.load_state_dict(state_dict, strict=False)
 
 # %% ../nbs/06_train.ipynb #b0ccf9e5
 def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, keep: int = 2) -> Path:
     "Write `checkpoint/step-XXXXXXXX.pt` atomically and keep the newest `keep`."
     folder = Path(folder)
-    state = {'step': step, 'model': trainable_state_dict(model), 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict()}
+    state = {
+        'step': step,
+        'model': trainable_state_dict(model),
+        'optimizer': optimizer.state_dict(),
+        'scheduler': scheduler.state_dict(),
+    }
     path = folder / f'step-{step:08d}.pt'
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in sorted(folder.glob('step-*.pt'))[:-keep]: old.unlink()
+    for old in sorted(folder.glob('step-*.pt'))[:-keep]:
+        old.unlink()
     return path
+
 
 def load_latest_checkpoint(folder: Path):
     "The newest readable checkpoint in `folder` as a dict, or None; unreadable ones are skipped with a warning."
     for path in sorted(Path(folder).glob('step-*.pt'), reverse=True):
-        try: return torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e: warnings.warn(f'{path}: unreadable checkpoint ({type(e).__name__}: {e}); trying the previous one')
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            warnings.warn(f'{path}: unreadable checkpoint ({type(e).__name__}: {e}); trying the previous one')
     return None
 
 # %% ../nbs/06_train.ipynb #e3bb1e53
 class TrainingError(RuntimeError):
     "Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."
 
-def _step_seed(seed: int, step: int) -> int: return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
 
 def load_training_images(config: TrainConfig):
     "All normal training images of the config's data as one (N,3,H,W) tensor, and the float range used."
-    dataset = FolderDataset(config.data, split='train', domain=config.domain, image_size=tuple(config.image_size),
-                            float_range=config.float_range)
-    good = [i for i, s in enumerate(dataset.samples) if s.label == 0] if hasattr(dataset, 'samples') else range(len(dataset))
-    if len(good) == 0: raise ConfigError(f'{config.data}: no normal (good) training images for domain {config.domain!r}')
+    dataset = FolderDataset(
+        config.data,
+        split='train',
+        domain=config.domain,
+        image_size=tuple(config.image_size),
+        float_range=config.float_range,
+    )
+    good = (
+        [i for i, s in enumerate(dataset.samples) if s.label == 0]
+        if hasattr(dataset, 'samples')
+        else range(len(dataset))
+    )
+    if len(good) == 0:
+        raise ConfigError(f'{config.data}: no normal (good) training images for domain {config.domain!r}')
     images = torch.stack([dataset[i]['image'] for i in good])
     float_range = getattr(dataset, 'float_range', None)
     return images, (tuple(float(v) for v in float_range) if float_range is not None else None)
 
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     "Indices of step `step`'s batch: consecutive slices of one seeded permutation per epoch."
-    starts = (step * batch_size + torch.arange(batch_size))
+    starts = step * batch_size + torch.arange(batch_size)
     epochs, pos = starts // n, starts % n
     out = torch.empty(batch_size, dtype=torch.long)
     for epoch in epochs.unique().tolist():
@@ -229,49 +295,83 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
 # %% ../nbs/06_train.ipynb #db3352dc
 LOG_FIELDS = ('step', 'loss', 'recon_loss', 'severity_loss', 'severity_mae', 'lr')
 
+
 def _read_log(path: Path, before_step: int) -> list:
-    if not path.exists(): return []
-    with open(path, newline='') as f: return [r for r in csv.DictReader(f) if int(r['step']) < before_step]
+    if not path.exists():
+        return []
+    with open(path, newline='') as f:
+        return [r for r in csv.DictReader(f) if int(r['step']) < before_step]
+
 
 def make_optimizer(model: nn.Module, config: TrainConfig):
     "(optimizer, scheduler) of a run: the model's own `configure_optimizer(config)` if it has one, else Dinomaly's StableAdamW with warm-up and cosine."
-    if hasattr(model, 'configure_optimizer'): return model.configure_optimizer(config)
+    if hasattr(model, 'configure_optimizer'):
+        return model.configure_optimizer(config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = StableAdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, amsgrad=True)
-    schedule = lambda step: warmup_cosine(step, config.steps, base_lr=config.lr, final_lr=config.final_lr,
-                                          warmup_steps=config.warmup_steps) / config.lr
+
+    def schedule(step):
+        return (
+            warmup_cosine(
+                step, config.steps, base_lr=config.lr, final_lr=config.final_lr, warmup_steps=config.warmup_steps
+            )
+            / config.lr
+        )
+
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-def step_losses(model: nn.Module, config: TrainConfig, batch: torch.Tensor, step: int, generator: torch.Generator,
-                precision: str = 'fp32', device=None) -> dict:
+
+def step_losses(
+    model: nn.Module,
+    config: TrainConfig,
+    batch: torch.Tensor,
+    step: int,
+    generator: torch.Generator,
+    precision: str = 'fp32',
+    device=None,
+) -> dict:
     "The losses of one training step on a batch of normal images, synthetic faults included, under `precision`: the work `fit` (and `sevdino bench`) does per step."
     device = torch.device(device or batch.device)
     if hasattr(model, 'training_losses'):
-        with autocast(precision, device): return model.training_losses(batch.to(device), step, generator)
+        with autocast(precision, device):
+            return model.training_losses(batch.to(device), step, generator)
     targets = augmented = None
     if isinstance(model, SeverityDinomaly) and config.aug_ratio > 0:
         batch, targets, _, augmented = create_severity_training_batch(
-            batch, aug_ratio=config.aug_ratio, max_severity=config.max_severity, families=tuple(config.families),
-            generator=generator, return_details=True)
+            batch,
+            aug_ratio=config.aug_ratio,
+            max_severity=config.max_severity,
+            families=tuple(config.families),
+            generator=generator,
+            return_details=True,
+        )
         targets, augmented = targets.to(device), augmented.to(device)
     batch = batch.to(device)
     with autocast(precision, device):
-        if isinstance(model, SeverityDinomaly): return model.losses(batch, step, targets, augmented)
+        if isinstance(model, SeverityDinomaly):
+            return model.losses(batch, step, targets, augmented)
         features = model.forward_features(batch)
         loss = model.reconstruction_loss(features.en, features.de, step)
         return {'loss': loss, 'recon_loss': loss}
 
+
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, device=None) -> Path:
     "Train the model of `config` into its run folder (resuming from the last checkpoint when `resume`); returns the folder."
     config = TrainConfig.from_dict(config.to_dict()).validate()
-    out = Path(config.out); ckpt_dir = out / 'checkpoint'
+    out = Path(config.out)
+    ckpt_dir = out / 'checkpoint'
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     checkpoint = None
     if resume:
-        if not (out / 'config.json').exists(): raise ConfigError(f'{out}: nothing to resume (no config.json)')
+        if not (out / 'config.json').exists():
+            raise ConfigError(f'{out}: nothing to resume (no config.json)')
         saved = TrainConfig.from_dict(json.loads((out / 'config.json').read_text()), source=str(out / 'config.json'))
-        if dataclasses.replace(saved, steps=config.steps, float_range=None) != dataclasses.replace(config, float_range=None):
-            raise ConfigError(f'{out}: --resume with settings that differ from the run\'s config.json; resume with the same settings')
+        if dataclasses.replace(saved, steps=config.steps, float_range=None) != dataclasses.replace(
+            config, float_range=None
+        ):
+            raise ConfigError(
+                f"{out}: --resume with settings that differ from the run's config.json; resume with the same settings"
+            )
         config = dataclasses.replace(saved, steps=config.steps)
         checkpoint = load_latest_checkpoint(ckpt_dir)
     elif (out / 'model.safetensors').exists() or any(ckpt_dir.glob('step-*.pt')):
@@ -287,13 +387,17 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, device
     start = 0
     if checkpoint is not None:
         load_trainable_state_dict(model, checkpoint['model'], source=str(ckpt_dir))
-        optimizer.load_state_dict(checkpoint['optimizer']); scheduler.load_state_dict(checkpoint['scheduler'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scheduler.load_state_dict(checkpoint['scheduler'])
         start = int(checkpoint['step'])
     rows = _read_log(out / 'log.csv', start)
     precision = resolve_precision(config.precision, device)
     model.train()
     with open(out / 'log.csv', 'w', newline='') as log_file:
-        log = csv.DictWriter(log_file, fieldnames=LOG_FIELDS); log.writeheader(); log.writerows(rows); log_file.flush()
+        log = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+        log.writeheader()
+        log.writerows(rows)
+        log_file.flush()
         bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc=out.name)
         for step in bar:
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
@@ -302,18 +406,22 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, device
             losses = step_losses(model, config, batch, step, generator, precision, device)
             loss = losses['loss'].float()
             if not torch.isfinite(loss):
-                raise TrainingError(f'{out}: loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept in {ckpt_dir}')
+                raise TrainingError(
+                    f'{out}: loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept in {ckpt_dir}'
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step(); scheduler.step()
+            optimizer.step()
+            scheduler.step()
             row = {'step': step, 'lr': optimizer.param_groups[0]['lr']}
             for key in ('loss', 'recon_loss', 'severity_loss', 'severity_mae'):
                 row[key] = float(losses[key].detach()) if key in losses else ''
             log.writerow(row)
             bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'recon_loss', 'severity_loss') if row[k] != ''})
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                log_file.flush(); os.fsync(log_file.fileno())
+                log_file.flush()
+                os.fsync(log_file.fileno())
                 save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler)
     atomic_write(out / 'model.safetensors', lambda tmp: save_file(trainable_state_dict(model), str(tmp)))
     return out
@@ -322,12 +430,17 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, device
 def load_run(run, weights=None, device='cpu'):
     "The trained model of run folder `run` (eval mode) and its `TrainConfig`. Errors name the folder and what is missing."
     run = Path(run)
-    if not (run / 'config.json').exists(): raise ConfigError(f'{run}: not a run folder (no config.json)')
+    if not (run / 'config.json').exists():
+        raise ConfigError(f'{run}: not a run folder (no config.json)')
     config = TrainConfig.from_dict(json.loads((run / 'config.json').read_text()), source=str(run / 'config.json'))
-    if not (run / 'model.safetensors').exists(): raise ConfigError(f'{run}: no model.safetensors (training did not finish; resume it with --resume)')
+    if not (run / 'model.safetensors').exists():
+        raise ConfigError(f'{run}: no model.safetensors (training did not finish; resume it with --resume)')
     model = build_model(config, weights=weights)
-    try: state_dict = load_file(str(run / 'model.safetensors'))
+    try:
+        state_dict = load_file(str(run / 'model.safetensors'))
     except Exception as e:  # not safetensors (e.g. a pickle renamed), or cut short: never fall back to torch.load here
-        raise ConfigError(f'{run / "model.safetensors"}: not a readable safetensors file ({type(e).__name__}: {e})') from None
+        raise ConfigError(
+            f'{run / "model.safetensors"}: not a readable safetensors file ({type(e).__name__}: {e})'
+        ) from None
     load_trainable_state_dict(model, state_dict, source=str(run / 'model.safetensors'))
     return model.to(device).eval(), config

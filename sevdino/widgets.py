@@ -34,8 +34,10 @@ from .data import dataset_float_range, find_domains, read_array, read_image, res
 # %% ../nbs/11_widgets.ipynb #bedc4236
 ANNOTATION_COLUMNS = ('path', 'severity', 'level')
 
+
 class AnnotationError(ValueError):
     "An annotation file or answer that cannot be used; the message names the file (and line or image) and what is wrong."
+
 
 class AnnotationWarning(UserWarning):
     "Something in an annotation file was dropped or repaired: a line cut by a crash, a path answered twice."
@@ -43,13 +45,20 @@ class AnnotationWarning(UserWarning):
 # %% ../nbs/11_widgets.ipynb #fdbd5da1
 def _parse_answer(severity_text, level_text, where):
     "`SeverityLabel` of a row's severity and level cells, checked as `read_severity_csv` checks them (empty severity: unknown; empty level: from the bands)."
-    try: severity = float(severity_text) if severity_text else math.nan
-    except ValueError: raise AnnotationError(f'{where}: severity {severity_text!r} is not a number') from None
+    try:
+        severity = float(severity_text) if severity_text else math.nan
+    except ValueError:
+        raise AnnotationError(f'{where}: severity {severity_text!r} is not a number') from None
     if math.isinf(severity) or severity < 0:
-        raise AnnotationError(f'{where}: severity {severity_text!r} must be a finite number >= 0 (or empty for unknown)')
-    if not level_text: return SeverityLabel(severity, severity_level(severity))
-    try: level = float(level_text)
-    except ValueError: raise AnnotationError(f'{where}: level {level_text!r} is not a number') from None
+        raise AnnotationError(
+            f'{where}: severity {severity_text!r} must be a finite number >= 0 (or empty for unknown)'
+        )
+    if not level_text:
+        return SeverityLabel(severity, severity_level(severity))
+    try:
+        level = float(level_text)
+    except ValueError:
+        raise AnnotationError(f'{where}: level {level_text!r} is not a number') from None
     if level != int(level) or not -1 <= level <= 4:
         raise AnnotationError(f'{where}: level {level_text!r} must be an integer from -1 (unknown) to 4')
     return SeverityLabel(severity, int(level))
@@ -61,21 +70,28 @@ def answer_cells(severity, level=None, where='answer'):
     band (`severity_level`). `AnnotationError` naming `where` otherwise."""
     value = None
     if severity is not None:
-        try: value = float(severity)
-        except (TypeError, ValueError): raise AnnotationError(f'{where}: severity {severity!r} is not a number') from None
-        if math.isnan(value): value = None
-        elif not math.isfinite(value) or value < 0: raise AnnotationError(f'{where}: severity {severity!r} must be finite and >= 0')
+        try:
+            value = float(severity)
+        except (TypeError, ValueError):
+            raise AnnotationError(f'{where}: severity {severity!r} is not a number') from None
+        if math.isnan(value):
+            value = None
+        elif not math.isfinite(value) or value < 0:
+            raise AnnotationError(f'{where}: severity {severity!r} must be finite and >= 0')
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not -1 <= level <= 4:
             raise AnnotationError(f'{where}: level {level!r} must be an integer from -1 (cannot tell) to 4')
         level = int(level)
     if value is None:
-        if level is None: raise AnnotationError(f'{where}: give a severity, a level, or level -1 (cannot tell)')
+        if level is None:
+            raise AnnotationError(f'{where}: give a severity, a level, or level -1 (cannot tell)')
         return '', str(level)
     text = f'{value:.6g}'
     band = severity_level(float(text))
     if level is not None and level != band:
-        raise AnnotationError(f'{where}: level {level} contradicts severity {text} (its band is level {band}); give one of them')
+        raise AnnotationError(
+            f'{where}: level {level} contradicts severity {text} (its band is level {band}); give one of them'
+        )
     return text, str(band)
 
 # %% ../nbs/11_widgets.ipynb #03bfb849
@@ -85,17 +101,26 @@ def _csv_text(rows):
     csv.writer(buffer, lineterminator='\n').writerows(rows)
     return buffer.getvalue()
 
+
 def _fsync_folder(folder):
     "Make a file's creation or renaming in `folder` durable (POSIX); skipped where folders cannot be opened."
-    try: fd = os.open(folder, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def _write_all(fd, data):
     view = memoryview(data)
-    while view: view = view[os.write(fd, view):]
+    while view:
+        view = view[os.write(fd, view) :]
+
 
 def _atomic_replace(path, text):
     "Replace `path` by `text` atomically: a temporary file beside it, fsync, rename, fsync of the folder; the file's mode is kept."
@@ -103,12 +128,17 @@ def _atomic_replace(path, text):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         _write_all(fd, text.encode('utf-8'))
-        if hasattr(os, 'fchmod'): os.fchmod(fd, mode)  # mkstemp makes files private; keep the CSV readable as it was
-        os.fsync(fd); os.close(fd); fd = None
+        if hasattr(os, 'fchmod'):
+            os.fchmod(fd, mode)  # mkstemp makes files private; keep the CSV readable as it was
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
         os.replace(tmp, path)
     except BaseException:
-        if fd is not None: os.close(fd)
-        if os.path.exists(tmp): os.unlink(tmp)
+        if fd is not None:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
     _fsync_folder(path.parent)
 
@@ -119,58 +149,85 @@ class SeverityAnnotations:
     creating the file, changing an answer or putting a file in form rewrites the whole file atomically. On opening, a
     last line cut by a crash is dropped with a warning, and a path answered twice keeps its last answer.
     `answered`: {path relative to root: `SeverityLabel`}. One writer at a time."""
+
     def __init__(self, csv_path, root=None):
         self.csv_path = Path(csv_path)
         self.root = Path(root) if root is not None else self.csv_path.parent
-        if self.csv_path.is_dir(): raise AnnotationError(f'{self.csv_path}: is a folder; give the path of a CSV file')
+        if self.csv_path.is_dir():
+            raise AnnotationError(f'{self.csv_path}: is a folder; give the path of a CSV file')
         self.answered, self._rows = {}, {}
         self._has_header = False
         self._canonical = True  # header path,severity,level and one complete line per path: new answers can be appended
-        if self.csv_path.exists(): self._load()
+        if self.csv_path.exists():
+            self._load()
 
     def key(self, path):
         "The name `path` (a file path) has in the CSV: relative to `root`, '/'-separated; `AnnotationError` for a file outside `root`."
         text = str(path)
-        if '\n' in text or '\r' in text: raise AnnotationError(f'{self.csv_path}: image path {text!r} contains a line break')
-        try: rel = os.path.relpath(Path(path).resolve(), self.root.resolve())
-        except ValueError: rel = '..'  # another drive
+        if '\n' in text or '\r' in text:
+            raise AnnotationError(f'{self.csv_path}: image path {text!r} contains a line break')
+        try:
+            rel = os.path.relpath(Path(path).resolve(), self.root.resolve())
+        except ValueError:
+            rel = '..'  # another drive
         if rel == '.' or rel == '..' or rel.startswith('..' + os.sep):
-            raise AnnotationError(f'{self.csv_path}: image {path} is not inside the dataset root {self.root}; '
-                                  f'the data loader reads paths relative to it (give root=)')
+            raise AnnotationError(
+                f'{self.csv_path}: image {path} is not inside the dataset root {self.root}; '
+                f'the data loader reads paths relative to it (give root=)'
+            )
         return Path(rel).as_posix()
 
     def _load(self):
         data = self.csv_path.read_bytes()
-        try: text = data.decode('utf-8')
-        except UnicodeDecodeError as e: raise AnnotationError(f'{self.csv_path}: not UTF-8 text ({e})') from None
+        try:
+            text = data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f'{self.csv_path}: not UTF-8 text ({e})') from None
         *lines, tail = text.split('\n')
         header, seen = None, {}
         for number, line in enumerate(lines, start=1):
             row = next(csv.reader([line.rstrip('\r')]), [])
-            if not any(cell.strip() for cell in row): continue
-            if header is None: header = self._header(row, number); continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = self._header(row, number)
+                continue
             key, cells = self._row(row, header, number)
             if key in seen:
-                warnings.warn(f'{self.csv_path}: line {number}: {key} was answered on line {seen[key]} too; the later answer is kept',
-                              AnnotationWarning, stacklevel=3)
+                warnings.warn(
+                    f'{self.csv_path}: line {number}: {key} was answered on line {seen[key]} too; the later answer is kept',
+                    AnnotationWarning,
+                    stacklevel=3,
+                )
                 self._canonical = False
             seen[key] = number
             self._keep(key, cells)
         self._has_header = header is not None
-        if tail.strip(): self._mend_tail(tail, header, len(lines) + 1, len(data) - len(tail.encode('utf-8')))
+        if tail.strip():
+            self._mend_tail(tail, header, len(lines) + 1, len(data) - len(tail.encode('utf-8')))
 
     def _header(self, row, number):
         header = [cell.strip().lower() for cell in row]
-        if 'path' not in header or 'severity' not in header or len(set(header)) != len(header) or not set(header) <= set(ANNOTATION_COLUMNS):
-            raise AnnotationError(f'{self.csv_path}: line {number}: header must name the columns path,severity[,level] once each; got {",".join(row)}')
-        if tuple(header) != ANNOTATION_COLUMNS: self._canonical = False
+        if (
+            'path' not in header
+            or 'severity' not in header
+            or len(set(header)) != len(header)
+            or not set(header) <= set(ANNOTATION_COLUMNS)
+        ):
+            raise AnnotationError(
+                f'{self.csv_path}: line {number}: header must name the columns path,severity[,level] once each; got {",".join(row)}'
+            )
+        if tuple(header) != ANNOTATION_COLUMNS:
+            self._canonical = False
         return header
 
     def _row(self, row, header, number):
         where = f'{self.csv_path}: line {number}'
-        if len(row) > len(header): raise AnnotationError(f'{where}: {len(row)} cells for {len(header)} columns ({",".join(header)})')
+        if len(row) > len(header):
+            raise AnnotationError(f'{where}: {len(row)} cells for {len(header)} columns ({",".join(header)})')
         cell = {name: (row[i].strip() if i < len(row) else '') for i, name in enumerate(header)}
-        if not cell['path']: raise AnnotationError(f'{where}: empty path')
+        if not cell['path']:
+            raise AnnotationError(f'{where}: empty path')
         label = _parse_answer(cell['severity'], cell.get('level', ''), where)
         return self.key(self.root / cell['path']), [cell['severity'], str(label.level)]
 
@@ -184,25 +241,51 @@ class SeverityAnnotations:
         appended to by the tool, so any row that reads is whole (a hand-written file may just lack its last line end)."""
         row = next(csv.reader([tail.rstrip('\r')]), [])
         try:
-            if header is None: self._header(row, number); whole = True
+            if header is None:
+                self._header(row, number)
+                whole = True
             else:
-                whole = tuple(header) != ANNOTATION_COLUMNS or (len(row) == len(header) and row[-1].strip() not in ('', '-'))
-                if whole: key, cells = self._row(row, header, number)
-        except AnnotationError: whole = False
+                whole = tuple(header) != ANNOTATION_COLUMNS or (
+                    len(row) == len(header) and row[-1].strip() not in ('', '-')
+                )
+                if whole:
+                    key, cells = self._row(row, header, number)
+        except AnnotationError:
+            whole = False
         if whole:
-            warnings.warn(f'{self.csv_path}: line {number} {tail!r} had no line end; kept, line end added', AnnotationWarning, stacklevel=4)
-            with open(self.csv_path, 'ab') as f: f.write(b'\n'); f.flush(); os.fsync(f.fileno())
-            if header is None: self._has_header = True
+            warnings.warn(
+                f'{self.csv_path}: line {number} {tail!r} had no line end; kept, line end added',
+                AnnotationWarning,
+                stacklevel=4,
+            )
+            with open(self.csv_path, 'ab') as f:
+                f.write(b'\n')
+                f.flush()
+                os.fsync(f.fileno())
+            if header is None:
+                self._has_header = True
             else:
-                if key in self._rows: self._canonical = False  # answered twice: the next answer rewrites the file
+                if key in self._rows:
+                    self._canonical = False  # answered twice: the next answer rewrites the file
                 self._keep(key, cells)
         else:
-            warnings.warn(f'{self.csv_path}: line {number} {tail!r} is incomplete (cut by a crash while it was written); '
-                          f'dropped: answer that image again', AnnotationWarning, stacklevel=4)
-            with open(self.csv_path, 'r+b') as f: f.truncate(offset); f.flush(); os.fsync(f.fileno())
+            warnings.warn(
+                f'{self.csv_path}: line {number} {tail!r} is incomplete (cut by a crash while it was written); '
+                f'dropped: answer that image again',
+                AnnotationWarning,
+                stacklevel=4,
+            )
+            with open(self.csv_path, 'r+b') as f:
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
 
-    def __len__(self): return len(self.answered)
-    def __contains__(self, path): return self.key(path) in self.answered
+    def __len__(self):
+        return len(self.answered)
+
+    def __contains__(self, path):
+        return self.key(path) in self.answered
+
     def label(self, path):
         "The `SeverityLabel` answered for the file `path`, or None."
         return self.answered.get(self.key(path))
@@ -211,7 +294,8 @@ class SeverityAnnotations:
         "The first of `paths` without an answer, looking from position `start` on and then from the beginning; None when all are answered."
         paths = list(paths)
         for path in paths[start:] + paths[:start]:
-            if path not in self: return path
+            if path not in self:
+                return path
         return None
 
     def record(self, path, severity, level=None):
@@ -220,9 +304,12 @@ class SeverityAnnotations:
         or a file not in the tool's form, rewrites the whole file atomically."""
         key = self.key(path)
         cells = list(answer_cells(severity, level, where=f'{self.csv_path}: answer for {key}'))
-        if self._rows.get(key) == cells: return self.answered[key]
-        if self._has_header and self._canonical and key not in self._rows: self._append([key, *cells])
-        else: self._write_all_rows({**self._rows, key: cells})  # a new file, a changed answer, or a file to put in form
+        if self._rows.get(key) == cells:
+            return self.answered[key]
+        if self._has_header and self._canonical and key not in self._rows:
+            self._append([key, *cells])
+        else:
+            self._write_all_rows({**self._rows, key: cells})  # a new file, a changed answer, or a file to put in form
         self._keep(key, cells)
         return self.answered[key]
 
@@ -231,52 +318,77 @@ class SeverityAnnotations:
         fd = os.open(self.csv_path, os.O_WRONLY | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
-            try: _write_all(fd, data)
+            try:
+                _write_all(fd, data)
             except OSError:
                 os.ftruncate(fd, size)  # a failed write (disk full) must not leave half a line for the next one to join
                 raise
             os.fsync(fd)
-        finally: os.close(fd)
+        finally:
+            os.close(fd)
 
     def _write_all_rows(self, rows):
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_replace(self.csv_path, _csv_text([ANNOTATION_COLUMNS, *([key, *cells] for key, cells in rows.items())]))
         self._canonical = self._has_header = True
 
-    def __repr__(self): return f'SeverityAnnotations({str(self.csv_path)!r}, root={str(self.root)!r}, {len(self)} answered)'
+    def __repr__(self):
+        return f'SeverityAnnotations({str(self.csv_path)!r}, root={str(self.root)!r}, {len(self)} answered)'
 
 # %% ../nbs/11_widgets.ipynb #445a7332
 def _readable(path):
-    try: read_array(path); return True
-    except ImageError: return False
+    try:
+        read_array(path)
+        return True
+    except ImageError:
+        return False
+
 
 def _first_readable(paths):
     "The numbers of the first image of `paths` that can be read (a broken file is the expert's to see, not a reason to refuse the folder)."
     for path in paths:
-        try: return read_array(path)
-        except ImageError as e: error = e
+        try:
+            return read_array(path)
+        except ImageError as e:
+            error = e
     raise AnnotationError(f'none of the {len(paths)} image files can be read; the first error: {error}')
 
+
 def _image_files_under(folder):
-    return sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith('.') for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob('*')
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith('.') for part in p.relative_to(folder).parts)
+    )
+
 
 def images_to_annotate(folder, domain=None, float_range=None):
     """`(root, paths, float_range)` for the annotation tool. A dataset folder (MVTec AD or HDMAP layout) gives its faulty test
     images (of `domain`, default every domain) and is itself the root; any other folder gives every image file under it, sorted.
     `float_range`: the dataset's (lo, hi) for float images, computed (training images, else the images themselves) when None."""
     folder = Path(folder)
-    if not folder.is_dir(): raise AnnotationError(f'{folder}: folder not found')
-    try: find_domains(folder); is_dataset = True
-    except ImageError: is_dataset = False
+    if not folder.is_dir():
+        raise AnnotationError(f'{folder}: folder not found')
+    try:
+        find_domains(folder)
+        is_dataset = True
+    except ImageError:
+        is_dataset = False
     if is_dataset:
         dataset = FolderDataset(folder, 'test', domain=domain, float_range=float_range, severity_csv=None)
         paths = [s.path for s in dataset.samples if s.label == 1]
-        if not paths: raise AnnotationError(f'{folder}: no faulty test images to annotate ({dataset!r})')
+        if not paths:
+            raise AnnotationError(f'{folder}: no faulty test images to annotate ({dataset!r})')
         return folder, paths, dataset.float_range
-    if domain is not None: raise AnnotationError(f'{folder}: domain={domain!r} given, but the folder is not a dataset (MVTec AD or HDMAP layout)')
+    if domain is not None:
+        raise AnnotationError(
+            f'{folder}: domain={domain!r} given, but the folder is not a dataset (MVTec AD or HDMAP layout)'
+        )
     paths = _image_files_under(folder)
-    if not paths: raise AnnotationError(f'{folder}: no image files ({", ".join(IMAGE_EXTENSIONS)}) under it')
+    if not paths:
+        raise AnnotationError(f'{folder}: no image files ({", ".join(IMAGE_EXTENSIONS)}) under it')
     if float_range is None and _first_readable(paths).dtype.kind == 'f':
         float_range = dataset_float_range([p for p in paths if _readable(p)])
     return folder, paths, float_range
@@ -286,30 +398,37 @@ def to_uint8(image):
     "An image tensor (3,H,W) in [0, 1] as an (H,W,3) uint8 array."
     return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
+
 def map_overlay(image, anomaly_map, map_range, alpha=0.55):
     """The anomaly map (H,W) in `inferno` colours over a gray copy of `image` (3,H,W) in [0, 1], as (H,W,3) uint8. Every map is
     put on the one scale `map_range` (vmin, vmax) and clipped to it, never stretched to its own maximum."""
     vmin, vmax = map_range
-    if not vmax > vmin: raise ValueError(f'map_overlay: map_range {map_range} must have vmax > vmin')
+    if not vmax > vmin:
+        raise ValueError(f'map_overlay: map_range {map_range} must have vmax > vmin')
     level = np.clip((np.asarray(anomaly_map, dtype=np.float32) - vmin) / (vmax - vmin), 0, 1)
     colours = matplotlib.colormaps['inferno'](level)[..., :3]
     gray = image.detach().float().mean(0).cpu().numpy()[..., None]
     return (((1 - alpha) * gray + alpha * colours) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
 
 def png_bytes(array, width=None):
     "PNG of an (H,W,3) uint8 array, scaled to `width` pixels wide (nearest neighbour when enlarging 2x or more, so small images stay crisp)."
     picture = PILImage.fromarray(array)
     if width and width != picture.width:
         height = max(1, round(picture.height * width / picture.width))
-        picture = picture.resize((width, height), PILImage.Resampling.NEAREST if width >= 2 * picture.width else PILImage.Resampling.BILINEAR)
+        picture = picture.resize(
+            (width, height), PILImage.Resampling.NEAREST if width >= 2 * picture.width else PILImage.Resampling.BILINEAR
+        )
     buffer = io.BytesIO()
     picture.save(buffer, format='PNG')
     return buffer.getvalue()
 
 # %% ../nbs/11_widgets.ipynb #b2a21c23
 def _model_device(model):
-    for tensor in getattr(model, 'parameters', list)(): return tensor.device
+    for tensor in getattr(model, 'parameters', list)():
+        return tensor.device
     return torch.device('cpu')
+
 
 @torch.no_grad()
 def predict_image(model, image, image_size=None):
@@ -323,34 +442,47 @@ def predict_image(model, image, image_size=None):
     severity = math.nan if prediction.severity is None else float(prediction.severity[0])
     return anomaly_map[0, 0].cpu().numpy(), float(prediction.score[0]), severity
 
+
 def shared_map_range(maps, low=0.01, high=0.999):
     "(vmin, vmax) for all the maps of a session: the `low` and `high` quantiles of the values of `maps` (a list of arrays)."
     values = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps]) if len(maps) else np.zeros(0)
     values = values[np.isfinite(values)]
-    if values.size == 0: return 0.0, 1.0
+    if values.size == 0:
+        return 0.0, 1.0
     vmin, vmax = (float(v) for v in np.quantile(values, [low, high]))
     return vmin, vmax if vmax > vmin else vmin + 1e-6
+
 
 def spread(n, count=8):
     "Up to `count` positions evenly spread over `range(n)`."
     return sorted(set(np.linspace(0, n - 1, min(n, count)).round().astype(int).tolist())) if n else []
 
 # %% ../nbs/11_widgets.ipynb #e2246537
-LEVEL_BUTTONS = {0: 'good (0)', **{k: f'L{k} ({lo:g}..{hi:g}]' for k, (lo, hi) in enumerate(zip((0,) + SEVERITY_BANDS, SEVERITY_BANDS), 1)},
-                 len(SEVERITY_BANDS) + 1: f'L{len(SEVERITY_BANDS) + 1} (>{SEVERITY_BANDS[-1]:g})'}
+LEVEL_BUTTONS = {
+    0: 'good (0)',
+    **{k: f'L{k} ({lo:g}..{hi:g}]' for k, (lo, hi) in enumerate(zip((0,) + SEVERITY_BANDS, SEVERITY_BANDS), 1)},
+    len(SEVERITY_BANDS) + 1: f'L{len(SEVERITY_BANDS) + 1} (>{SEVERITY_BANDS[-1]:g})',
+}
+
 
 def describe(label):
     "A `SeverityLabel` in words, as the tool shows it."
-    if label is None: return 'not answered yet'
-    if label.level == -1: return "can't tell"
-    if math.isnan(label.severity): return f'level L{label.level} (no severity)'
+    if label is None:
+        return 'not answered yet'
+    if label.level == -1:
+        return "can't tell"
+    if math.isnan(label.severity):
+        return f'level L{label.level} (no severity)'
     return f'severity {label.severity:g} (level L{label.level})'
+
 
 def close_widget(widget):
     "Close `widget`, the widgets inside it and their layouts and styles (frees them in the kernel and in a saved notebook)."
-    for child in getattr(widget, 'children', ()): close_widget(child)
+    for child in getattr(widget, 'children', ()):
+        close_widget(child)
     for part in (getattr(widget, 'layout', None), getattr(widget, 'style', None)):
-        if isinstance(part, widgets.Widget): widgets.Widget.close(part)
+        if isinstance(part, widgets.Widget):
+            widgets.Widget.close(part)
     widgets.Widget.close(widget)  # not widget.close(): the tools' own close() calls this function
 
 # %% ../nbs/11_widgets.ipynb #7604e0d0
@@ -358,25 +490,51 @@ class AnnotationTool(widgets.VBox):
     """The expert's screen for `paths`, saving into `annotations` (`SeverityAnnotations`). With a `model` (and its `image_size`),
     its anomaly map is shown beside each image on one colour scale (`map_range`, default from a few images of `paths`);
     its severity only with `show_model_severity`. Answer with `answer(severity, level=None)` or the buttons."""
-    def __init__(self, paths, annotations, model=None, image_size=None, float_range=None, map_range=None, max_severity=10.0,
-                 display_width=384, show_model_severity=False):
+
+    def __init__(
+        self,
+        paths,
+        annotations,
+        model=None,
+        image_size=None,
+        float_range=None,
+        map_range=None,
+        max_severity=10.0,
+        display_width=384,
+        show_model_severity=False,
+    ):
         self.paths = [Path(p) for p in paths]
-        if not self.paths: raise AnnotationError(f'{annotations.csv_path}: no images to annotate')
-        for p in self.paths: annotations.key(p)  # every image must have a name in the CSV before anything is shown
+        if not self.paths:
+            raise AnnotationError(f'{annotations.csv_path}: no images to annotate')
+        for p in self.paths:
+            annotations.key(p)  # every image must have a name in the CSV before anything is shown
         self.annotations, self.model, self.image_size, self.float_range = annotations, model, image_size, float_range
         self.display_width, self.show_model_severity = display_width, show_model_severity
         self._cache, self._saved = {}, ''
-        self.map_range = map_range if map_range is not None or model is None else shared_map_range(
-            [self._view(self.paths[i])[1] for i in spread(len(self.paths))])
+        self.map_range = (
+            map_range
+            if map_range is not None or model is None
+            else shared_map_range([self._view(self.paths[i])[1] for i in spread(len(self.paths))])
+        )
         self.title, self.model_note, self.status = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.image_view, self.map_view = widgets.Image(format='png'), widgets.Image(format='png')
-        self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_severity, step=0.1, description='severity',
-                                          readout_format='.1f', continuous_update=False)
+        self.slider = widgets.FloatSlider(
+            value=0.0,
+            min=0.0,
+            max=max_severity,
+            step=0.1,
+            description='severity',
+            readout_format='.1f',
+            continuous_update=False,
+        )
         auto = widgets.Layout(width='auto')
         self.save_button = widgets.Button(description='save severity', button_style='primary', layout=auto)
         self.level_buttons = {k: widgets.Button(description=text, layout=auto) for k, text in LEVEL_BUTTONS.items()}
         self.unsure_button = widgets.Button(description="can't tell", layout=auto)
-        self.back_button, self.next_button = widgets.Button(description='◀ back', layout=auto), widgets.Button(description='next ▶', layout=auto)
+        self.back_button, self.next_button = (
+            widgets.Button(description='◀ back', layout=auto),
+            widgets.Button(description='next ▶', layout=auto),
+        )
         self.save_button.on_click(lambda _: self._safely(self.answer, self.slider.value))
         for k, button in self.level_buttons.items():
             button.on_click(lambda _, k=k: self._safely(self.answer, 0.0 if k == 0 else None, k))
@@ -384,30 +542,46 @@ class AnnotationTool(widgets.VBox):
         self.back_button.on_click(lambda _: self.show(self.index - 1))
         self.next_button.on_click(lambda _: self.show(self.index + 1))
         views = [self.image_view] + ([self.map_view] if model is not None else [])
-        super().__init__(children=[self.title, widgets.HBox(views), self.model_note,
-                                   widgets.HBox([self.slider, self.save_button]),
-                                   widgets.HBox([*self.level_buttons.values(), self.unsure_button]),
-                                   widgets.HBox([self.back_button, self.next_button]), self.status])
+        super().__init__(
+            children=[
+                self.title,
+                widgets.HBox(views),
+                self.model_note,
+                widgets.HBox([self.slider, self.save_button]),
+                widgets.HBox([*self.level_buttons.values(), self.unsure_button]),
+                widgets.HBox([self.back_button, self.next_button]),
+                self.status,
+            ]
+        )
         first = annotations.next_unanswered(self.paths)
         self.show(len(self.paths) - 1 if first is None else self.paths.index(first))
 
     @property
-    def path(self): return self.paths[self.index]
+    def path(self):
+        return self.paths[self.index]
+
     @property
-    def done(self): return all(p in self.annotations for p in self.paths)
+    def done(self):
+        return all(p in self.annotations for p in self.paths)
 
     def _view(self, path):
         "(image, anomaly map or None, score, severity) of `path`, the last few kept."
         if path not in self._cache:
             image = read_image(path, self.float_range)
-            view = (image, *predict_image(self.model, image, self.image_size)) if self.model is not None else (image, None, math.nan, math.nan)
-            if len(self._cache) >= 32: self._cache.pop(next(iter(self._cache)))
+            view = (
+                (image, *predict_image(self.model, image, self.image_size))
+                if self.model is not None
+                else (image, None, math.nan, math.nan)
+            )
+            if len(self._cache) >= 32:
+                self._cache.pop(next(iter(self._cache)))
             self._cache[path] = view
         return self._cache[path]
 
     def _safely(self, action, *args):
         "Run a button's action; an error is shown on the screen (a click has nowhere else to report it)."
-        try: return action(*args)
+        try:
+            return action(*args)
         except (AnnotationError, ImageError, OSError) as e:
             self.status.value = f'<span style="color:#b00">not saved: {html.escape(str(e))}</span>'
 
@@ -417,11 +591,14 @@ class AnnotationTool(widgets.VBox):
         key, label = self.annotations.key(self.path), self.annotations.label(self.path)
         count = sum(p in self.annotations for p in self.paths)
         banner = f' &nbsp; <b>all {len(self.paths)} images answered</b>' if count == len(self.paths) else ''
-        self.title.value = (f'<b>{self.index + 1} / {len(self.paths)}</b> &nbsp; <code>{html.escape(key)}</code> &nbsp; '
-                            f'{count} answered{banner}')
+        self.title.value = (
+            f'<b>{self.index + 1} / {len(self.paths)}</b> &nbsp; <code>{html.escape(key)}</code> &nbsp; '
+            f'{count} answered{banner}'
+        )
         self.slider.value = label.severity if label is not None and math.isfinite(label.severity) else 0.0
         self.back_button.disabled, self.next_button.disabled = self.index == 0, self.index == len(self.paths) - 1
-        try: image, anomaly_map, score, severity = self._view(self.path)
+        try:
+            image, anomaly_map, score, severity = self._view(self.path)
         except ImageError as e:
             self.image_view.value = self.map_view.value = b''
             self.model_note.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
@@ -431,8 +608,10 @@ class AnnotationTool(widgets.VBox):
             if anomaly_map is not None:
                 self.map_view.value = png_bytes(map_overlay(image, anomaly_map, self.map_range), self.display_width)
                 shown = f', severity {severity:.2f}' if self.show_model_severity and math.isfinite(severity) else ''
-                self.model_note.value = (f'model: score {score:.3g}{shown} &nbsp; (map colours {self.map_range[0]:.3g} .. '
-                                         f'{self.map_range[1]:.3g}, the same for every image)')
+                self.model_note.value = (
+                    f'model: score {score:.3g}{shown} &nbsp; (map colours {self.map_range[0]:.3g} .. '
+                    f'{self.map_range[1]:.3g}, the same for every image)'
+                )
         self.status.value = f'this image: {describe(label)}' + (f'<br>{self._saved}' if self._saved else '')
 
     def answer(self, severity, level=None):
@@ -450,38 +629,67 @@ class AnnotationTool(widgets.VBox):
         H, W = image.shape[-2:]
         fig = Figure(figsize=(3.4 * panels, 3.4 * H / W + 0.7), dpi=dpi, layout='constrained')
         axes = fig.subplots(1, panels, squeeze=False)[0]
-        axes[0].imshow(to_uint8(image), interpolation='nearest'); axes[0].set_title(self.annotations.key(self.path), fontsize=8)
+        axes[0].imshow(to_uint8(image), interpolation='nearest')
+        axes[0].set_title(self.annotations.key(self.path), fontsize=8)
         if anomaly_map is not None:
             axes[1].imshow(map_overlay(image, anomaly_map, self.map_range), interpolation='nearest')
             axes[1].set_title(f'anomaly map, score {score:.3g}', fontsize=8)
-        for ax in axes: ax.set_axis_off()
+        for ax in axes:
+            ax.set_axis_off()
         fig.suptitle(f'{self.index + 1} / {len(self.paths)}: {describe(self.annotations.label(self.path))}', fontsize=9)
         return fig
 
     def close(self):
         "Close the tool and every widget in it (ipywidgets' own `close` leaves the children open)."
-        try: close_widget(self)
-        except (NameError, TypeError): super().close()  # at interpreter exit, when the module's names are already gone
-    def __repr__(self): return f'AnnotationTool({len(self.paths)} images, {len(self.annotations)} answered, csv={str(self.annotations.csv_path)!r})'
+        try:
+            close_widget(self)
+        except (NameError, TypeError):
+            super().close()  # at interpreter exit, when the module's names are already gone
+
+    def __repr__(self):
+        return f'AnnotationTool({len(self.paths)} images, {len(self.annotations)} answered, csv={str(self.annotations.csv_path)!r})'
 
 # %% ../nbs/11_widgets.ipynb #8ea9a940
-def annotation_tool(folder, out_csv=None, run=None, domain=None, root=None, image_size=None, float_range=None, map_range=None,
-                    display_width=384, show_model_severity=False):
+def annotation_tool(
+    folder,
+    out_csv=None,
+    run=None,
+    domain=None,
+    root=None,
+    image_size=None,
+    float_range=None,
+    map_range=None,
+    display_width=384,
+    show_model_severity=False,
+):
     """The expert annotation widget for the faulty images of a dataset `folder` (or every image of any folder, see `images_to_annotate`),
     saving to `out_csv` (default `root/severity.csv`; `root` defaults to `folder`). `run`: a run folder (its model, image size and
     float range are used) or a model with `predict` (give `image_size`). Reopening the same `out_csv` resumes at the first unanswered image."""
     model = config = None
     if isinstance(run, (str, os.PathLike)):
-        from sevdino.train import load_run  # timm is imported only when a model is wanted: the tool opens in a second without one
+        from sevdino.train import (
+            load_run,
+        )  # timm is imported only when a model is wanted: the tool opens in a second without one
+
         model, config = load_run(run)
         image_size, float_range = image_size or tuple(config.image_size), float_range or config.float_range
-    elif run is not None: model = run
-    if model is not None and image_size is None: raise AnnotationError(f'annotation_tool: give the image_size the model {type(model).__name__} expects')
+    elif run is not None:
+        model = run
+    if model is not None and image_size is None:
+        raise AnnotationError(f'annotation_tool: give the image_size the model {type(model).__name__} expects')
     found_root, paths, float_range = images_to_annotate(folder, domain=domain, float_range=float_range)
     root = Path(root) if root is not None else found_root
     annotations = SeverityAnnotations(Path(out_csv) if out_csv is not None else root / 'severity.csv', root=root)
-    return AnnotationTool(paths, annotations, model=model, image_size=image_size, float_range=float_range, map_range=map_range,
-                          display_width=display_width, show_model_severity=show_model_severity)
+    return AnnotationTool(
+        paths,
+        annotations,
+        model=model,
+        image_size=image_size,
+        float_range=float_range,
+        map_range=map_range,
+        display_width=display_width,
+        show_model_severity=show_model_severity,
+    )
 
 # %% ../nbs/11_widgets.ipynb #0b98fa45
 class Explorer(widgets.VBox):
@@ -489,44 +697,81 @@ class Explorer(widgets.VBox):
     of `FAULT_FAMILIES`, a severity and a shape seed; shows clean and faulty images and, with a `model`, the faulty image's anomaly
     map (one colour scale, `map_range`) and the model's score and severity for both. State after each change: `clean`, `faulty`,
     `mask`, `realised`, `maps`, `scores`, `severities`."""
+
     def __init__(self, dataset, model=None, map_range=None, max_severity=10.0, display_width=288):
-        if len(dataset) == 0: raise ValueError('Explorer: the dataset is empty')
+        if len(dataset) == 0:
+            raise ValueError('Explorer: the dataset is empty')
         self.dataset, self.model, self.display_width = dataset, model, display_width
         shape = tuple(dataset[0]['image'].shape)
         if model is not None and any(s % PATCH_SIZE for s in shape[-2:]):
-            raise ValueError(f'Explorer: images are {shape[-2]}x{shape[-1]} (HxW); the model needs multiples of {PATCH_SIZE}: '
-                             f'give the run\'s image_size to the dataset')
+            raise ValueError(
+                f'Explorer: images are {shape[-2]}x{shape[-1]} (HxW); the model needs multiples of {PATCH_SIZE}: '
+                f"give the run's image_size to the dataset"
+            )
         samples = getattr(dataset, 'samples', None)
-        names = [f'{s.defect}/{Path(s.path).name}' for s in samples] if samples is not None else [f'image {i}' for i in range(len(dataset))]
+        names = (
+            [f'{s.defect}/{Path(s.path).name}' for s in samples]
+            if samples is not None
+            else [f'image {i}' for i in range(len(dataset))]
+        )
         first_good = next((i for i, n in enumerate(names) if n.startswith('good/')), 0)
-        self.map_range = map_range if map_range is not None or model is None else shared_map_range(
-            list(self._predict(torch.stack([dataset[i]['image'] for i in spread(len(dataset))]))[0]))
-        self.image_picker = widgets.Dropdown(options=list(zip(names, range(len(names)))), value=first_good, description='image')
-        self.family_picker = widgets.Dropdown(options=list(FAULT_FAMILIES), value=next(iter(FAULT_FAMILIES)), description='family')
-        self.severity_slider = widgets.FloatSlider(value=min(5.0, max_severity), min=0.0, max=max_severity, step=0.1,
-                                                   description='severity', readout_format='.1f', continuous_update=False)
+        self.map_range = (
+            map_range
+            if map_range is not None or model is None
+            else shared_map_range(
+                list(self._predict(torch.stack([dataset[i]['image'] for i in spread(len(dataset))]))[0])
+            )
+        )
+        self.image_picker = widgets.Dropdown(
+            options=list(zip(names, range(len(names)))), value=first_good, description='image'
+        )
+        self.family_picker = widgets.Dropdown(
+            options=list(FAULT_FAMILIES), value=next(iter(FAULT_FAMILIES)), description='family'
+        )
+        self.severity_slider = widgets.FloatSlider(
+            value=min(5.0, max_severity),
+            min=0.0,
+            max=max_severity,
+            step=0.1,
+            description='severity',
+            readout_format='.1f',
+            continuous_update=False,
+        )
         self.seed_box = widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description='shape seed')
         self.clean_view, self.faulty_view, self.map_view = (widgets.Image(format='png') for _ in range(3))
         self.readout = widgets.HTML()
         for control in (self.image_picker, self.family_picker, self.severity_slider, self.seed_box):
             control.observe(lambda _: self.update(), names='value')
         views = [self.clean_view, self.faulty_view] + ([self.map_view] if model is not None else [])
-        super().__init__(children=[widgets.HBox([self.image_picker, self.family_picker]), widgets.HBox([self.severity_slider, self.seed_box]),
-                                   widgets.HBox(views), self.readout])
+        super().__init__(
+            children=[
+                widgets.HBox([self.image_picker, self.family_picker]),
+                widgets.HBox([self.severity_slider, self.seed_box]),
+                widgets.HBox(views),
+                self.readout,
+            ]
+        )
         self.update()
 
     @torch.no_grad()
     def _predict(self, images):
         prediction = self.model.predict(images.to(_model_device(self.model)))
-        severity = (torch.full((len(images),), math.nan) if prediction.severity is None else prediction.severity.float().cpu())
-        return prediction.anomaly_map.float()[:, 0].cpu().numpy(), prediction.score.float().cpu().numpy(), severity.numpy()
+        severity = (
+            torch.full((len(images),), math.nan) if prediction.severity is None else prediction.severity.float().cpu()
+        )
+        return (
+            prediction.anomaly_map.float()[:, 0].cpu().numpy(),
+            prediction.score.float().cpu().numpy(),
+            severity.numpy(),
+        )
 
     def update(self):
         "Make the fault for the current choices, run the model on clean and faulty images, redraw."
         self.clean = self.dataset[self.image_picker.value]['image']
         generator = torch.Generator().manual_seed(int(self.seed_box.value))
         faulty, mask, realised = FAULT_FAMILIES[self.family_picker.value](
-            self.clean[None], torch.tensor([float(self.severity_slider.value)]), generator=generator)
+            self.clean[None], torch.tensor([float(self.severity_slider.value)]), generator=generator
+        )
         self.faulty, self.mask, self.realised = faulty[0], mask[0], float(realised[0])
         self.clean_view.value = png_bytes(to_uint8(self.clean), self.display_width)
         self.faulty_view.value = png_bytes(to_uint8(self.faulty), self.display_width)
@@ -545,34 +790,52 @@ class Explorer(widgets.VBox):
         H, W = self.clean.shape[-2:]
         fig = Figure(figsize=(2.8 * panels, 2.8 * H / W + 0.8), dpi=dpi, layout='constrained')
         axes = fig.subplots(1, panels, squeeze=False)[0]
-        axes[0].imshow(to_uint8(self.clean), interpolation='nearest'); axes[0].set_title(self.image_picker.label, fontsize=8)
+        axes[0].imshow(to_uint8(self.clean), interpolation='nearest')
+        axes[0].set_title(self.image_picker.label, fontsize=8)
         axes[1].imshow(to_uint8(self.faulty), interpolation='nearest')
-        if self.mask.any(): axes[1].contour(self.mask[0].numpy(), levels=[0.5], colors='cyan', linewidths=0.6)
-        axes[1].set_title(f'{self.family_picker.value}, asked {self.severity_slider.value:.1f}, realised {self.realised:.2f}', fontsize=8)
+        if self.mask.any():
+            axes[1].contour(self.mask[0].numpy(), levels=[0.5], colors='cyan', linewidths=0.6)
+        axes[1].set_title(
+            f'{self.family_picker.value}, asked {self.severity_slider.value:.1f}, realised {self.realised:.2f}',
+            fontsize=8,
+        )
         if self.model is not None:
             axes[2].imshow(map_overlay(self.faulty, self.maps[1], self.map_range), interpolation='nearest')
-            axes[2].set_title(f'score {self.scores[0]:.3g} → {self.scores[1]:.3g}, severity {self.severities[1]:.2f}', fontsize=8)
-        for ax in axes: ax.set_axis_off()
+            axes[2].set_title(
+                f'score {self.scores[0]:.3g} → {self.scores[1]:.3g}, severity {self.severities[1]:.2f}', fontsize=8
+            )
+        for ax in axes:
+            ax.set_axis_off()
         return fig
 
     def close(self):
         "Close the explorer and every widget in it."
-        try: close_widget(self)
-        except (NameError, TypeError): super().close()
-    def __repr__(self): return f'Explorer({len(self.dataset)} images, model={type(self.model).__name__ if self.model is not None else None})'
+        try:
+            close_widget(self)
+        except (NameError, TypeError):
+            super().close()
+
+    def __repr__(self):
+        return f'Explorer({len(self.dataset)} images, model={type(self.model).__name__ if self.model is not None else None})'
 
 # %% ../nbs/11_widgets.ipynb #1bade0eb
-def explorer(run_or_model, dataset_or_folder, domain=None, image_size=None, float_range=None, map_range=None, display_width=288):
+def explorer(
+    run_or_model, dataset_or_folder, domain=None, image_size=None, float_range=None, map_range=None, display_width=288
+):
     """The explorer widget. `run_or_model`: a run folder (its model, image size and float range), a model with `predict`, or None (faults only).
     `dataset_or_folder`: a dataset of items with `image`, or a dataset folder (its test images, of `domain`, at the run's image size)."""
     model = config = None
     if isinstance(run_or_model, (str, os.PathLike)):
         from sevdino.train import load_run  # see annotation_tool
+
         model, config = load_run(run_or_model)
-    else: model = run_or_model
+    else:
+        model = run_or_model
     dataset = dataset_or_folder
     if isinstance(dataset_or_folder, (str, os.PathLike)):
         image_size = image_size or (tuple(config.image_size) if config is not None else None)
         float_range = float_range or (config.float_range if config is not None else None)
-        dataset = FolderDataset(dataset_or_folder, 'test', domain=domain, image_size=image_size, float_range=float_range)
+        dataset = FolderDataset(
+            dataset_or_folder, 'test', domain=domain, image_size=image_size, float_range=float_range
+        )
     return Explorer(dataset, model=model, map_range=map_range, display_width=display_width)

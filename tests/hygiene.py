@@ -5,6 +5,7 @@ checks. The export and clean checks work on a temporary copy and run nbdev's own
 what they compare with is exactly what `nbdev_export` and `nbdev_clean` would write; the output check
 (`output_problems`) only reads the notebooks.
 """
+
 import ast
 import io
 import json
@@ -25,7 +26,8 @@ _SKIP_DIRS = ('__pycache__', '.ipynb_checkpoints', '_proc', '_docs', '.quarto')
 def nbdev_command(name):
     "Path of the nbdev console script `name` installed next to the running Python."
     exe = Path(sys.executable).parent / name
-    if not exe.exists(): raise FileNotFoundError(f'{exe} not found: install the dev extras (`pip install -e ".[dev]"`)')
+    if not exe.exists():
+        raise FileNotFoundError(f'{exe} not found: install the dev extras (`pip install -e ".[dev]"`)')
     return str(exe)
 
 
@@ -39,13 +41,16 @@ def _env():
 def _run(cmd, cwd):
     res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
-        raise RuntimeError(f'`{" ".join(map(str, cmd))}` failed in {cwd} (exit {res.returncode}):\n{res.stdout}\n{res.stderr}')
+        raise RuntimeError(
+            f'`{" ".join(map(str, cmd))}` failed in {cwd} (exit {res.returncode}):\n{res.stdout}\n{res.stderr}'
+        )
     return res
 
 
 def _config(repo):
     "The `[DEFAULT]` section of `repo/settings.ini` as a dict."
     import configparser
+
     cp = configparser.ConfigParser(interpolation=None)
     cp.read(Path(repo) / 'settings.ini')
     return dict(cp['DEFAULT'])
@@ -54,7 +59,8 @@ def _config(repo):
 def project_paths(repo):
     "(nbs_path, lib_path) of the nbdev project at `repo`, from its settings.ini."
     repo = Path(repo)
-    if not (repo / 'settings.ini').exists(): raise FileNotFoundError(f'{repo}/settings.ini not found: not an nbdev project')
+    if not (repo / 'settings.ini').exists():
+        raise FileNotFoundError(f'{repo}/settings.ini not found: not an nbdev project')
     cfg = _config(repo)
     return repo / cfg.get('nbs_path', 'nbs'), repo / cfg.get('lib_path', cfg.get('lib_name', ''))
 
@@ -62,14 +68,18 @@ def project_paths(repo):
 def notebooks(nbs):
     "Notebooks nbdev works on: `*.ipynb` under `nbs`, skipping files and folders starting with `_` or `.`."
     nbs = Path(nbs)
-    return sorted(p for p in nbs.rglob('*.ipynb')
-                  if not any(part.startswith(('_', '.')) for part in p.relative_to(nbs).parts))
+    return sorted(
+        p for p in nbs.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(nbs).parts)
+    )
 
 
 def _py_files(lib):
     lib = Path(lib)
-    return {p.relative_to(lib).as_posix(): p for p in lib.rglob('*.py')
-            if not any(part in _SKIP_DIRS or part.startswith('.') for part in p.relative_to(lib).parts)}
+    return {
+        p.relative_to(lib).as_posix(): p
+        for p in lib.rglob('*.py')
+        if not any(part in _SKIP_DIRS or part.startswith('.') for part in p.relative_to(lib).parts)
+    }
 
 
 def copy_project(repo, dest, lib_py=True):
@@ -79,12 +89,15 @@ def copy_project(repo, dest, lib_py=True):
     repo, dest = Path(repo), Path(dest)
     nbs, lib = project_paths(repo)
     for name in ('settings.ini', 'pyproject.toml'):
-        if (repo / name).exists(): shutil.copy2(repo / name, dest / name)
+        if (repo / name).exists():
+            shutil.copy2(repo / name, dest / name)
     shutil.copytree(nbs, dest / nbs.relative_to(repo), ignore=shutil.ignore_patterns(*_SKIP_DIRS))
-    if lib_py: shutil.copytree(lib, dest / lib.relative_to(repo), ignore=shutil.ignore_patterns(*_SKIP_DIRS))
+    if lib_py:
+        shutil.copytree(lib, dest / lib.relative_to(repo), ignore=shutil.ignore_patterns(*_SKIP_DIRS))
     else:
         (dest / lib.relative_to(repo)).mkdir(parents=True)
-        if (lib / '__init__.py').exists(): shutil.copy2(lib / '__init__.py', dest / lib.relative_to(repo) / '__init__.py')
+        if (lib / '__init__.py').exists():
+            shutil.copy2(lib / '__init__.py', dest / lib.relative_to(repo) / '__init__.py')
     return dest
 
 
@@ -105,11 +118,15 @@ def export_problems(repo):
             if name not in committed:
                 problems.append(f'{rel}/{name}: missing (the notebooks export it); {FIX_EXPORT}')
             elif name not in fresh:
-                problems.append(f'{rel}/{name}: no notebook produces it (stale or hand-written); '
-                                f'delete it or restore its notebook, then {FIX_EXPORT}')
+                problems.append(
+                    f'{rel}/{name}: no notebook produces it (stale or hand-written); '
+                    f'delete it or restore its notebook, then {FIX_EXPORT}'
+                )
             elif fresh[name].read_text(encoding='utf-8') != committed[name].read_text(encoding='utf-8'):
-                problems.append(f'{rel}/{name}: differs from a fresh export of the notebooks '
-                                f'(hand-edited, or a notebook changed without export); {FIX_EXPORT}')
+                problems.append(
+                    f'{rel}/{name}: differs from a fresh export of the notebooks '
+                    f'(hand-edited, or a notebook changed without export); {FIX_EXPORT}'
+                )
     return problems
 
 
@@ -124,13 +141,17 @@ def clean_problems(repo):
         res = _run([nbdev_command('nbdev_clean'), '--fname', str(tmp_nbs)], cwd=tmp)
         problems = []
         if 'Failed to clean notebook' in res.stderr:
-            problems.append(f'nbdev_clean could not process a notebook (is it valid JSON/nbformat?):\n{res.stderr.strip()}')
+            problems.append(
+                f'nbdev_clean could not process a notebook (is it valid JSON/nbformat?):\n{res.stderr.strip()}'
+            )
         for nb in notebooks(nbs):
             rel = nb.relative_to(repo).as_posix()
             cleaned = (tmp_nbs / nb.relative_to(nbs)).read_text(encoding='utf-8')
             if cleaned != nb.read_text(encoding='utf-8'):
-                problems.append(f'{rel}: not clean (nbdev_clean would change it: execution counts, cell '
-                                f'metadata or formatting); run `nbdev_clean --fname {rel}` and commit')
+                problems.append(
+                    f'{rel}: not clean (nbdev_clean would change it: execution counts, cell '
+                    f'metadata or formatting); run `nbdev_clean --fname {rel}` and commit'
+                )
     return problems
 
 
@@ -142,10 +163,36 @@ def report(problems, what):
 # --- executed notebooks keep their outputs ----------------------------------------------------------
 
 # Matplotlib calls that open a figure; at the end of the cell the inline backend shows every open one.
-_FIGURE_CALLS = frozenset({
-    'figure', 'subplots', 'subplot', 'subplot_mosaic', 'imshow', 'matshow', 'plot', 'scatter', 'hist',
-    'hist2d', 'bar', 'barh', 'boxplot', 'violinplot', 'errorbar', 'fill_between', 'step', 'stem',
-    'pie', 'contour', 'contourf', 'pcolormesh', 'hexbin', 'semilogx', 'semilogy', 'loglog'})
+_FIGURE_CALLS = frozenset(
+    {
+        'figure',
+        'subplots',
+        'subplot',
+        'subplot_mosaic',
+        'imshow',
+        'matshow',
+        'plot',
+        'scatter',
+        'hist',
+        'hist2d',
+        'bar',
+        'barh',
+        'boxplot',
+        'violinplot',
+        'errorbar',
+        'fill_between',
+        'step',
+        'stem',
+        'pie',
+        'contour',
+        'contourf',
+        'pcolormesh',
+        'hexbin',
+        'semilogx',
+        'semilogy',
+        'loglog',
+    }
+)
 _PYPLOT_NAMES = ('plt', 'pyplot')
 _DIRECTIVE_LINE = re.compile(r'\s*#\s*\|')
 
@@ -154,15 +201,18 @@ def _directives(source):
     "The nbdev directive lines at the top of a cell (as nbdev reads them), lower-cased without `#|`."
     found = []
     for line in source.splitlines():
-        if _DIRECTIVE_LINE.match(line): found.append(_DIRECTIVE_LINE.sub('', line, count=1).strip().lower())
-        elif line.strip() and not line.lstrip().startswith('%%'): break
+        if _DIRECTIVE_LINE.match(line):
+            found.append(_DIRECTIVE_LINE.sub('', line, count=1).strip().lower())
+        elif line.strip() and not line.lstrip().startswith('%%'):
+            break
     return found
 
 
 def _has_directive(source, name, value=None):
     for d in _directives(source):
         key, _, rest = d.partition(':')
-        if key.strip() == name and (value is None or rest.strip().rstrip(':').strip() == value): return True
+        if key.strip() == name and (value is None or rest.strip().rstrip(':').strip() == value):
+            return True
     return False
 
 
@@ -179,9 +229,17 @@ def _ends_with_semicolon(code):
     last = None
     try:
         for tok in tokenize.generate_tokens(io.StringIO(code).readline):
-            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                                tokenize.DEDENT, tokenize.ENDMARKER): last = tok
-    except (tokenize.TokenError, SyntaxError): return False
+            if tok.type not in (
+                tokenize.COMMENT,
+                tokenize.NL,
+                tokenize.NEWLINE,
+                tokenize.INDENT,
+                tokenize.DEDENT,
+                tokenize.ENDMARKER,
+            ):
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return False
     return last is not None and last.string == ';'
 
 
@@ -190,8 +248,10 @@ def _calls_run_by_the_cell(tree):
     todo, calls = [tree], []
     while todo:
         node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)): continue
-        if isinstance(node, ast.Call): calls.append(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Call):
+            calls.append(node)
         todo.extend(ast.iter_child_nodes(node))
     return calls
 
@@ -199,10 +259,11 @@ def _calls_run_by_the_cell(tree):
 def _call_name(call):
     "('plt', 'show') for `plt.show(...)`, (None, 'display') for `display(...)`, ('', 'm') for `f().m()`."
     f = call.func
-    if isinstance(f, ast.Name): return None, f.id
-    if isinstance(f, ast.Attribute): return (f.value.id if isinstance(f.value, ast.Name) else ''), f.attr
+    if isinstance(f, ast.Name):
+        return None, f.id
+    if isinstance(f, ast.Attribute):
+        return (f.value.id if isinstance(f.value, ast.Name) else ''), f.attr
     return '', ''
-
 
 
 def _drawing(calls, helpers):
@@ -210,20 +271,30 @@ def _drawing(calls, helpers):
     'opens' when they open a figure the inline backend will show (pyplot figure calls, helpers that
     do) and no `plt.close(...)` discards it first, else None."""
     names = [_call_name(c) for c in calls]
-    if any(n == (None, 'display') or (n[0] in _PYPLOT_NAMES and n[1] == 'show') or
-           (n[0] is None and helpers.get(n[1]) == 'shows') for n in names): return 'shows'
-    opens = any((n[0] in _PYPLOT_NAMES and n[1] in _FIGURE_CALLS) or (n[0] is None and helpers.get(n[1]) == 'opens')
-                for n in names)
+    if any(
+        n == (None, 'display')
+        or (n[0] in _PYPLOT_NAMES and n[1] == 'show')
+        or (n[0] is None and helpers.get(n[1]) == 'shows')
+        for n in names
+    ):
+        return 'shows'
+    opens = any(
+        (n[0] in _PYPLOT_NAMES and n[1] in _FIGURE_CALLS) or (n[0] is None and helpers.get(n[1]) == 'opens')
+        for n in names
+    )
     closes = any(n[0] in _PYPLOT_NAMES and n[1] == 'close' for n in names)
     return 'opens' if opens and not closes else None
 
 
 def _parse_cell(source):
     "The cell's Python code and its `ast` tree, or None for empty cells, cell magics and non-Python code."
-    if not source.strip() or source.lstrip().startswith('%%'): return None
+    if not source.strip() or source.lstrip().startswith('%%'):
+        return None
     code = _python_lines(source)
-    try: return code, ast.parse(code)
-    except SyntaxError: return None
+    try:
+        return code, ast.parse(code)
+    except SyntaxError:
+        return None
 
 
 def drawing_helpers(sources, helpers=None):
@@ -232,12 +303,14 @@ def drawing_helpers(sources, helpers=None):
     helpers = dict(helpers or {})
     for source in sources:
         parsed = _parse_cell(source)
-        if parsed is None: continue
+        if parsed is None:
+            continue
         for node in parsed[1].body:
             if isinstance(node, ast.FunctionDef):
                 calls = [c for stmt in node.body for c in _calls_run_by_the_cell(stmt)]
                 kind = _drawing(calls, helpers)
-                if kind: helpers[node.name] = kind
+                if kind:
+                    helpers[node.name] = kind
     return helpers
 
 
@@ -263,19 +336,24 @@ def output_expected(source, helpers=None):
     `ast` cannot parse (other IPython syntax) need no output.
     """
     parsed = _parse_cell(source)
-    if parsed is None or not parsed[1].body: return None
+    if parsed is None or not parsed[1].body:
+        return None
     code, tree = parsed
     last = tree.body[-1]
     if isinstance(last, ast.Expr) and not _ends_with_semicolon(code):
         v = last.value
-        quiet = (isinstance(v, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom)) or
-                 (isinstance(v, ast.Constant) and (isinstance(v.value, str) or v.value is None or v.value is Ellipsis)))
-        if not quiet: return 'it ends with an expression'
+        quiet = isinstance(v, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom)) or (
+            isinstance(v, ast.Constant) and (isinstance(v.value, str) or v.value is None or v.value is Ellipsis)
+        )
+        if not quiet:
+            return 'it ends with an expression'
     top_calls = [s.value for s in tree.body if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)]
     if any(_call_name(c) == (None, 'print') and not any(k.arg == 'file' for k in c.keywords) for c in top_calls):
         return 'it prints'
-    if any(_call_name(c) == (None, 'show_doc') for c in top_calls): return 'it shows documentation'
-    if _drawing(_calls_run_by_the_cell(tree), helpers or {}): return 'it draws a figure'
+    if any(_call_name(c) == (None, 'show_doc') for c in top_calls):
+        return 'it shows documentation'
+    if _drawing(_calls_run_by_the_cell(tree), helpers or {}):
+        return 'it draws a figure'
     return None
 
 
@@ -302,18 +380,25 @@ def output_problems(repo):
     problems = []
     for nb_path in notebooks(nbs):
         rel = nb_path.relative_to(repo).as_posix()
-        fix = (f'execute the notebook (`jupyter nbconvert --to notebook --execute --inplace {rel}`) '
-               f'then `nbdev_clean --fname {rel}`')
-        try: cells = json.loads(nb_path.read_text(encoding='utf-8'))['cells']
+        fix = (
+            f'execute the notebook (`jupyter nbconvert --to notebook --execute --inplace {rel}`) '
+            f'then `nbdev_clean --fname {rel}`'
+        )
+        try:
+            cells = json.loads(nb_path.read_text(encoding='utf-8'))['cells']
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f'{rel}: cannot read its cells ({type(e).__name__}: {e}); is it valid nbformat JSON?')
             continue
         sources = {k: _source(cell) for k, cell in enumerate(cells, 1) if cell.get('cell_type') == 'code'}
         helpers = drawing_helpers(sources.values())
         for k, source in sources.items():
-            if cells[k - 1].get('outputs'): continue
-            if _has_directive(source, 'eval', 'false') or _has_directive(source, 'slow'): continue
+            if cells[k - 1].get('outputs'):
+                continue
+            if _has_directive(source, 'eval', 'false') or _has_directive(source, 'slow'):
+                continue
             why = output_expected(source, helpers)
-            if why: problems.append(f'{rel} cell {k} (first line: `{_first_code_line(source)}`) has no output '
-                                    f'({why}): {fix}')
+            if why:
+                problems.append(
+                    f'{rel} cell {k} (first line: `{_first_code_line(source)}`) has no output ({why}): {fix}'
+                )
     return problems

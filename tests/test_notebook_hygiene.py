@@ -4,6 +4,7 @@ every executed cell that must show something (a figure, a print, a displayed val
 The checkers live in `hygiene.py`; the last tests prove that they catch what they are for by
 breaking a small temporary project in each way and asserting the report names the broken file.
 """
+
 import json
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ def test_every_notebook_is_clean():
 
 
 # --- the checkers can fail ------------------------------------------------------------------------
+
 
 def _tiny_notebook():
     "A two-function notebook exporting `sevdino.tiny`."
@@ -85,7 +87,9 @@ def test_export_check_catches_a_module_no_notebook_produces(tiny_project):
 
 
 def test_export_check_catches_a_deleted_exported_cell(tiny_project):
-    def drop_halve(nb): nb['cells'] = [c for c in nb['cells'] if 'def halve' not in ''.join(c['source'])]
+    def drop_halve(nb):
+        nb['cells'] = [c for c in nb['cells'] if 'def halve' not in ''.join(c['source'])]
+
     _edit_notebook(tiny_project / 'nbs' / '00_tiny.ipynb', drop_halve)
     names = [p.split(':')[0] for p in hygiene.export_problems(tiny_project)]
     assert names == ['sevdino/_modidx.py', 'sevdino/tiny.py'], names
@@ -101,9 +105,13 @@ def test_export_check_catches_a_missing_module(tiny_project):
 def test_clean_check_catches_a_dirty_notebook(tiny_project, dirt):
     def make_dirty(nb):
         code = [c for c in nb['cells'] if c['cell_type'] == 'code'][1]
-        if dirt == 'execution_count': code['execution_count'] = 7
-        elif dirt == 'cell_metadata': code['metadata'] = {'scrolled': True, 'tags': []}
-        else: nb['metadata']['language_info'] = {'name': 'python', 'version': '3.11.2'}
+        if dirt == 'execution_count':
+            code['execution_count'] = 7
+        elif dirt == 'cell_metadata':
+            code['metadata'] = {'scrolled': True, 'tags': []}
+        else:
+            nb['metadata']['language_info'] = {'name': 'python', 'version': '3.11.2'}
+
     nb_path = tiny_project / 'nbs' / '00_tiny.ipynb'
     _edit_notebook(nb_path, make_dirty)
     assert hygiene.export_problems(tiny_project) == []  # the export does not care; the clean check must
@@ -114,47 +122,55 @@ def test_clean_check_catches_a_dirty_notebook(tiny_project, dirt):
 
 # --- executed notebooks keep their outputs --------------------------------------------------------
 
+
 def test_every_executed_cell_that_shows_something_has_its_output():
     problems = hygiene.output_problems(REPO)
     assert not problems, hygiene.report(problems, 'cells that must show an output but have none')
 
 
-@pytest.mark.parametrize('source, why', [
-    ('x = 1\nx', 'it ends with an expression'),
-    ('df.shape', 'it ends with an expression'),
-    ('{k: v for k, v in d.items()}', 'it ends with an expression'),
-    ('x  # the answer', 'it ends with an expression'),
-    ('#| hide\n%time y = 2\nx', 'it ends with an expression'),
-    ('print(x)\ntest_eq(x, 1)', 'it prints'),
-    ('show_doc(f)', 'it shows documentation'),
-    ('fig, ax = plt.subplots()\nax.plot([1, 2])', 'it draws a figure'),
-    ('ax.plot([1, 2])\nplt.show()', 'it draws a figure'),
-    ('for p in paths: display(Image(filename=p))', 'it draws a figure'),
-    ('test_eq(a, b)', None),
-    ('df.head()', None),
-    ('x;', None),
-    ('x = 1', None),
-    ('"a note"', None),
-    ('None', None),
-    ('', None),
-    ('#| export\ndef f(x): return x', None),
-    ('def show(img):\n    plt.imshow(img)\n    plt.show()', None),
-    ('fig, ax = plt.subplots()\nfig.savefig(path)\nplt.close(fig)', None),
-    ('for p in paths: print(p)', None),
-    ('print(x, file=sys.stderr)', None),
-    ('ax.imshow(img)', None),
-    ('%%capture\nx', None),
-    ('x = !ls\nx', None),
-])
+@pytest.mark.parametrize(
+    'source, why',
+    [
+        ('x = 1\nx', 'it ends with an expression'),
+        ('df.shape', 'it ends with an expression'),
+        ('{k: v for k, v in d.items()}', 'it ends with an expression'),
+        ('x  # the answer', 'it ends with an expression'),
+        ('#| hide\n%time y = 2\nx', 'it ends with an expression'),
+        ('print(x)\ntest_eq(x, 1)', 'it prints'),
+        ('show_doc(f)', 'it shows documentation'),
+        ('fig, ax = plt.subplots()\nax.plot([1, 2])', 'it draws a figure'),
+        ('ax.plot([1, 2])\nplt.show()', 'it draws a figure'),
+        ('for p in paths: display(Image(filename=p))', 'it draws a figure'),
+        ('test_eq(a, b)', None),
+        ('df.head()', None),
+        ('x;', None),
+        ('x = 1', None),
+        ('"a note"', None),
+        ('None', None),
+        ('', None),
+        ('#| export\ndef f(x): return x', None),
+        ('def show(img):\n    plt.imshow(img)\n    plt.show()', None),
+        ('fig, ax = plt.subplots()\nfig.savefig(path)\nplt.close(fig)', None),
+        ('for p in paths: print(p)', None),
+        ('print(x, file=sys.stderr)', None),
+        ('ax.imshow(img)', None),
+        ('%%capture\nx', None),
+        ('x = !ls\nx', None),
+    ],
+)
 def test_output_expected(source, why):
     assert hygiene.output_expected(source) == why
 
 
 def test_a_notebook_helper_that_draws_makes_its_callers_draw():
-    helpers = hygiene.drawing_helpers(['import matplotlib.pyplot as plt',
-                                       'def show(img):\n    plt.imshow(img)\n    plt.show()',
-                                       'def panel(img):\n    fig, ax = plt.subplots()\n    ax.imshow(img)\n    return fig',
-                                       'def saved(img, path):\n    fig = panel(img)\n    fig.savefig(path)\n    plt.close(fig)'])
+    helpers = hygiene.drawing_helpers(
+        [
+            'import matplotlib.pyplot as plt',
+            'def show(img):\n    plt.imshow(img)\n    plt.show()',
+            'def panel(img):\n    fig, ax = plt.subplots()\n    ax.imshow(img)\n    return fig',
+            'def saved(img, path):\n    fig = panel(img)\n    fig.savefig(path)\n    plt.close(fig)',
+        ]
+    )
     assert helpers == {'show': 'shows', 'panel': 'opens'}, helpers
     assert hygiene.output_expected('show(photo)', helpers) == 'it draws a figure'
     assert hygiene.output_expected('fig = panel(photo)', helpers) == 'it draws a figure'
@@ -166,22 +182,27 @@ def _project_with(tmp_path, notebook):
     "An nbdev project in `tmp_path` (the repo's settings.ini) whose only notebook is `notebook`."
     shutil.copy2(REPO / 'settings.ini', tmp_path / 'settings.ini')
     (tmp_path / 'nbs').mkdir()
-    if isinstance(notebook, Path): shutil.copy2(notebook, tmp_path / 'nbs' / notebook.name)
-    else: nbformat.write(notebook, tmp_path / 'nbs' / '00_tiny.ipynb')
+    if isinstance(notebook, Path):
+        shutil.copy2(notebook, tmp_path / 'nbs' / notebook.name)
+    else:
+        nbformat.write(notebook, tmp_path / 'nbs' / '00_tiny.ipynb')
     return tmp_path
 
 
 def test_output_check_catches_a_bare_name_without_output_but_not_a_test(tmp_path):
     nb = _tiny_notebook()
-    nb.cells += [nbformat.v4.new_code_cell('from fastcore.test import test_eq'),
-                 nbformat.v4.new_code_cell('x = double(2)\nx'),                  # cell 7: displays 4
-                 nbformat.v4.new_code_cell('test_eq(double(2), 4)'),             # returns None
-                 nbformat.v4.new_code_cell('#| eval: false\nx'),                 # never run by the docs
-                 nbformat.v4.new_code_cell('#| slow\nx')]                        # may be left unexecuted
+    nb.cells += [
+        nbformat.v4.new_code_cell('from fastcore.test import test_eq'),
+        nbformat.v4.new_code_cell('x = double(2)\nx'),  # cell 7: displays 4
+        nbformat.v4.new_code_cell('test_eq(double(2), 4)'),  # returns None
+        nbformat.v4.new_code_cell('#| eval: false\nx'),  # never run by the docs
+        nbformat.v4.new_code_cell('#| slow\nx'),
+    ]  # may be left unexecuted
     problems = hygiene.output_problems(_project_with(tmp_path, nb))
     assert len(problems) == 1, problems
-    assert problems[0].startswith('nbs/00_tiny.ipynb cell 7 (first line: `x = double(2)`) has no output '
-                                  '(it ends with an expression)'), problems
+    assert problems[0].startswith(
+        'nbs/00_tiny.ipynb cell 7 (first line: `x = double(2)`) has no output (it ends with an expression)'
+    ), problems
     assert 'jupyter nbconvert --to notebook --execute --inplace nbs/00_tiny.ipynb' in problems[0]
     assert 'nbdev_clean --fname nbs/00_tiny.ipynb' in problems[0]
 
@@ -191,12 +212,20 @@ def test_output_check_catches_a_figure_whose_output_was_deleted(tmp_path):
     nb_path = project / 'nbs' / '01_synthetic.ipynb'
     assert hygiene.output_problems(project) == [], 'the executed notebook itself should have all outputs'
     cells = json.loads(nb_path.read_text(encoding='utf-8'))['cells']
-    drawn = [k for k, c in enumerate(cells, 1) if c['cell_type'] == 'code' and c['outputs']
-             and any(o.get('data', {}).get('image/png') for o in c['outputs'])
-             and 'plt.subplots(' in ''.join(c['source'])]
+    drawn = [
+        k
+        for k, c in enumerate(cells, 1)
+        if c['cell_type'] == 'code'
+        and c['outputs']
+        and any(o.get('data', {}).get('image/png') for o in c['outputs'])
+        and 'plt.subplots(' in ''.join(c['source'])
+    ]
     assert drawn, '01_synthetic should keep at least one figure drawn with plt.subplots'
     k = drawn[-1]
-    def drop_output(nb): nb['cells'][k - 1]['outputs'] = []
+
+    def drop_output(nb):
+        nb['cells'][k - 1]['outputs'] = []
+
     _edit_notebook(nb_path, drop_output)
     problems = hygiene.output_problems(project)
     assert len(problems) == 1 and problems[0].startswith(f'nbs/01_synthetic.ipynb cell {k} (first line: '), problems

@@ -1,4 +1,5 @@
 """README.md is generated from nbs/index.ipynb, and nbs/sidebar.yml lists every notebook."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -23,8 +24,10 @@ sync_readme = _load_tool('sync_readme')
 
 def test_readme_is_in_step_with_index_notebook():
     problems = sync_readme.differences(REPO)
-    assert not problems, ('\n'.join(problems) +
-                          '\n\nREADME.md is generated from nbs/index.ipynb: run `python tools/sync_readme.py` and commit it.')
+    assert not problems, (
+        '\n'.join(problems)
+        + '\n\nREADME.md is generated from nbs/index.ipynb: run `python tools/sync_readme.py` and commit it.'
+    )
 
 
 def test_readme_render_follows_the_directives(tmp_path):
@@ -32,18 +35,25 @@ def test_readme_render_follows_the_directives(tmp_path):
     nb.cells = [
         nbformat.v4.new_markdown_cell('# Title\n\n> Summary'),
         nbformat.v4.new_code_cell('#| hide\nimport secret_setup'),
-        nbformat.v4.new_code_cell('#| export\nx = 1 + 1\nx', outputs=[
-            nbformat.v4.new_output('execute_result', data={'text/plain': '2'}, execution_count=None)]),
-        nbformat.v4.new_code_cell("#| echo: false\nprint('only the output')", outputs=[
-            nbformat.v4.new_output('stream', name='stdout', text='only the output\n')]),
-        nbformat.v4.new_code_cell('#| output: false\nnoisy()', outputs=[
-            nbformat.v4.new_output('stream', name='stdout', text='noise\n')]),
+        nbformat.v4.new_code_cell(
+            '#| export\nx = 1 + 1\nx',
+            outputs=[nbformat.v4.new_output('execute_result', data={'text/plain': '2'}, execution_count=None)],
+        ),
+        nbformat.v4.new_code_cell(
+            "#| echo: false\nprint('only the output')",
+            outputs=[nbformat.v4.new_output('stream', name='stdout', text='only the output\n')],
+        ),
+        nbformat.v4.new_code_cell(
+            '#| output: false\nnoisy()', outputs=[nbformat.v4.new_output('stream', name='stdout', text='noise\n')]
+        ),
     ]
     path = tmp_path / 'index.ipynb'
     nbformat.write(nb, path)
     text, images = sync_readme.render(path)
-    assert text == ('# Title\n\n> Summary\n\n' + sync_readme.NOTE + '\n\n```python\nx = 1 + 1\nx\n```\n\n```\n2\n```\n\n'
-                    '```\nonly the output\n```\n\n```python\nnoisy()\n```\n'), text
+    assert text == (
+        '# Title\n\n> Summary\n\n' + sync_readme.NOTE + '\n\n```python\nx = 1 + 1\nx\n```\n\n```\n2\n```\n\n'
+        '```\nonly the output\n```\n\n```python\nnoisy()\n```\n'
+    ), text
     assert images == {}
 
 
@@ -51,9 +61,12 @@ def test_readme_check_catches_a_deleted_output(tmp_path):
     "Deleting an output of a README cell (or any edit of index.ipynb) makes the README stale."
     (tmp_path / 'nbs').mkdir()
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell('# T'),
-                nbformat.v4.new_code_cell('1 + 1', outputs=[
-                    nbformat.v4.new_output('execute_result', data={'text/plain': '2'}, execution_count=None)])]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell('# T'),
+        nbformat.v4.new_code_cell(
+            '1 + 1', outputs=[nbformat.v4.new_output('execute_result', data={'text/plain': '2'}, execution_count=None)]
+        ),
+    ]
     nbformat.write(nb, tmp_path / 'nbs' / 'index.ipynb')
     sync_readme.write(tmp_path)
     assert sync_readme.differences(tmp_path) == []
@@ -68,9 +81,11 @@ def test_readme_check_catches_a_deleted_output(tmp_path):
 def _listed(contents):
     "Every file named in a sidebar `contents` list (sections included)."
     for item in contents:
-        if isinstance(item, str): yield item
+        if isinstance(item, str):
+            yield item
         elif isinstance(item, dict):
-            if 'href' in item: yield item['href']
+            if 'href' in item:
+                yield item['href']
             yield from _listed(item.get('contents', []))
 
 
