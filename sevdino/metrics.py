@@ -159,7 +159,7 @@ def _float_map(amap) -> np.ndarray:
     amap = np.asarray(amap)
     return amap if amap.dtype in (np.float32, np.float64) else amap.astype(np.float64)
 
-
+# %% ../nbs/07_metrics.ipynb #8468e0f6
 def _auroc_by_sorting(negative: np.ndarray, positive: np.ndarray) -> float:
     "AUROC as the Mann-Whitney statistic: for each positive, the negatives below it (ties 1/2), from two sorts."
     negative, positive = np.sort(negative), np.sort(positive)
@@ -200,7 +200,7 @@ def _regions(mask_images, connectivity: int):
         offset += count
     return np.concatenate(ids), offset
 
-
+# %% ../nbs/07_metrics.ipynb #4e20a94b
 def pro_curve(masks, maps, num_thresholds: int | None = None, connectivity: int = 8) -> tuple:
     """The per-region-overlap curve: `(fpr, pro, thresholds)`, FPR ascending, starting at (0, 0) (threshold inf).
 
@@ -251,7 +251,7 @@ def pro_curve(masks, maps, num_thresholds: int | None = None, connectivity: int 
         pro = np.r_[0.0, cumulative_pro][entered]
     return np.r_[0.0, fpr], np.r_[0.0, pro], np.r_[np.inf, thresholds]
 
-
+# %% ../nbs/07_metrics.ipynb #12db77b0
 def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     "Area under the piecewise-linear curve (x ascending from 0) from 0 to `limit`, y interpolated at exactly `limit`."
     beyond = int(np.searchsorted(x, limit, side='right'))
@@ -405,7 +405,7 @@ def ws_weights(n_levels: int, kind: str = 'uniform', level_values=None) -> np.nd
         w[i, j] = gaps / gaps.sum()
     return w
 
-
+# %% ../nbs/07_metrics.ipynb #0c279112
 def ws_auroc(levels, scores, weights: str = 'uniform', level_values=None) -> float:
     """Weighted-sum AUROC over all pairs of levels present: 1 - sum_{i<j} w_ij (1 - AUROC_ij) (arXiv 2408.04817).
 
@@ -502,6 +502,79 @@ def _mean_severity_per_level(levels: np.ndarray, severity: np.ndarray):
             )
     return values, None
 
+# %% ../nbs/07_metrics.ipynb #d904b127
+def _pixel_metrics(masks, maps, n, fpr_limit):
+    "`pixel_auroc` and `pixel_aupro` of `n` images (NaN, with a warning, without masks or maps)."
+    if masks is None or maps is None:
+        return {
+            'pixel_auroc': _undefined('pixel_auroc', 'no masks or maps given'),
+            'pixel_aupro': _undefined('pixel_aupro', 'no masks or maps given'),
+        }
+    mask_images, map_images = _pixel_inputs(masks, maps)
+    if len(mask_images) != n:
+        raise ValueError(f'masks and maps: {len(mask_images)} images, but {n} labels')
+    return {
+        'pixel_auroc': pixel_auroc(mask_images, map_images),
+        'pixel_aupro': aupro(mask_images, map_images, fpr_limit=fpr_limit),
+    }
+
+
+def _severity_metrics(y, s, severity_true, severity_pred):
+    """The severity metrics and both consistency checks, on the anomalous images of known true severity:
+    `(metrics, truth)`, `truth` the true severities (NaN where unknown or not given)."""
+    n = len(y)
+    truth = np.full(n, np.nan) if severity_true is None else _vector(severity_true, 'severity_true')
+    pred = np.full(n, np.nan) if severity_pred is None else _vector(severity_pred, 'severity_pred')
+    _check_lengths(labels=y, severity_true=truth, severity_pred=pred)
+    subset = (y == 1) & np.isfinite(truth)
+    severity_metrics = (
+        ('severity_mae', severity_mae),
+        ('severity_mse', severity_mse),
+        ('severity_spearman', severity_spearman),
+        ('severity_kendall', severity_kendall),
+    )
+    missing = (
+        'severity_true not given'
+        if severity_true is None
+        else 'severity_pred not given'
+        if severity_pred is None
+        else None
+    )
+    metrics = {}
+    for name, metric in severity_metrics:
+        metrics[name] = _undefined(name, missing) if missing else metric(truth[subset], pred[subset])
+    metrics['score_truth_spearman'] = (
+        _undefined('score_truth_spearman', 'severity_true not given')
+        if severity_true is None
+        else score_truth_spearman(s[subset], truth[subset])
+    )
+    metrics['score_severity_spearman'] = (
+        _undefined('score_severity_spearman', missing) if missing else score_severity_spearman(s[subset], pred[subset])
+    )
+    return metrics, truth
+
+# %% ../nbs/07_metrics.ipynb #e86b7278
+def _ordinal_metrics(levels, y, s, truth, level_values):
+    "`level_auroc`, the three WS-AUROCs and the C-index (NaN, with a warning, without levels)."
+    metrics = {}
+    ordinal = ('ws_auroc', 'ws_auroc_index', 'ws_auroc_physical', 'c_index')
+    if levels is None:
+        metrics['level_auroc'] = {'all': _undefined('level_auroc', 'levels not given')}
+        for name in ordinal:
+            metrics[name] = _undefined(name, 'levels not given')
+    else:
+        lv = _vector(levels, 'levels')
+        _check_lengths(labels=y, levels=lv)
+        metrics['level_auroc'] = {str(k): v for k, v in level_auroc(lv, s).items()}
+        metrics['ws_auroc'] = ws_auroc(lv, s, 'uniform')
+        metrics['ws_auroc_index'] = ws_auroc(lv, s, 'index')
+        values, reason = (level_values, None) if level_values is not None else _mean_severity_per_level(lv, truth)
+        metrics['ws_auroc_physical'] = (
+            _undefined('ws_auroc_physical', reason) if reason else ws_auroc(lv, s, 'physical', values)
+        )
+        metrics['c_index'] = c_index(lv, s)
+    return metrics
+
 
 def compute_metrics(
     labels,
@@ -520,62 +593,10 @@ def compute_metrics(
     Returns {name: float} with the keys of `METRIC_NAMES` (`level_auroc` is a dict with string keys); NaN where undefined."""
     y, s = _labels(labels), _vector(scores, 'scores')
     _check_lengths(labels=y, scores=s)
-    n = len(y)
     metrics = {'image_auroc': image_auroc(y, s), 'image_ap': image_ap(y, s)}
     metrics['image_f1_max'], metrics['image_f1_threshold'] = f1_max(y, s)
-
-    if masks is None or maps is None:
-        metrics['pixel_auroc'] = _undefined('pixel_auroc', 'no masks or maps given')
-        metrics['pixel_aupro'] = _undefined('pixel_aupro', 'no masks or maps given')
-    else:
-        mask_images, map_images = _pixel_inputs(masks, maps)
-        if len(mask_images) != n:
-            raise ValueError(f'masks and maps: {len(mask_images)} images, but {n} labels')
-        metrics['pixel_auroc'] = pixel_auroc(mask_images, map_images)
-        metrics['pixel_aupro'] = aupro(mask_images, map_images, fpr_limit=fpr_limit)
-
-    truth = np.full(n, np.nan) if severity_true is None else _vector(severity_true, 'severity_true')
-    pred = np.full(n, np.nan) if severity_pred is None else _vector(severity_pred, 'severity_pred')
-    _check_lengths(labels=y, severity_true=truth, severity_pred=pred)
-    subset = (y == 1) & np.isfinite(truth)
-    severity_metrics = (
-        ('severity_mae', severity_mae),
-        ('severity_mse', severity_mse),
-        ('severity_spearman', severity_spearman),
-        ('severity_kendall', severity_kendall),
-    )
-    missing = (
-        'severity_true not given'
-        if severity_true is None
-        else 'severity_pred not given'
-        if severity_pred is None
-        else None
-    )
-    for name, metric in severity_metrics:
-        metrics[name] = _undefined(name, missing) if missing else metric(truth[subset], pred[subset])
-    metrics['score_truth_spearman'] = (
-        _undefined('score_truth_spearman', 'severity_true not given')
-        if severity_true is None
-        else score_truth_spearman(s[subset], truth[subset])
-    )
-    metrics['score_severity_spearman'] = (
-        _undefined('score_severity_spearman', missing) if missing else score_severity_spearman(s[subset], pred[subset])
-    )
-
-    ordinal = ('ws_auroc', 'ws_auroc_index', 'ws_auroc_physical', 'c_index')
-    if levels is None:
-        metrics['level_auroc'] = {'all': _undefined('level_auroc', 'levels not given')}
-        for name in ordinal:
-            metrics[name] = _undefined(name, 'levels not given')
-    else:
-        lv = _vector(levels, 'levels')
-        _check_lengths(labels=y, levels=lv)
-        metrics['level_auroc'] = {str(k): v for k, v in level_auroc(lv, s).items()}
-        metrics['ws_auroc'] = ws_auroc(lv, s, 'uniform')
-        metrics['ws_auroc_index'] = ws_auroc(lv, s, 'index')
-        values, reason = (level_values, None) if level_values is not None else _mean_severity_per_level(lv, truth)
-        metrics['ws_auroc_physical'] = (
-            _undefined('ws_auroc_physical', reason) if reason else ws_auroc(lv, s, 'physical', values)
-        )
-        metrics['c_index'] = c_index(lv, s)
+    metrics.update(_pixel_metrics(masks, maps, len(y), fpr_limit))
+    severity, truth = _severity_metrics(y, s, severity_true, severity_pred)
+    metrics.update(severity)
+    metrics.update(_ordinal_metrics(levels, y, s, truth, level_values))
     return {name: metrics[name] for name in METRIC_NAMES}

@@ -353,88 +353,113 @@ def _blob_radius(angles, rng, roughness=0.15):
     return radius
 
 # %% ../nbs/01_synthetic.ipynb #fd0ce3fd
+def _scratches(area, clean, rng):
+    "Thin curved strokes covering about `area` pixels, bright or dark: (support, appearance)."
+    size = clean.shape[-1]
+    width = rng.uniform(1.5, 4.0)
+    length = rng.uniform(0.4, 1.0) * size
+    count = int(np.clip(math.ceil(area / (width * length)), 1, 12))
+    width = float(np.clip(area / (count * length), 1.0, 12.0))
+    polylines = []
+    for _ in range(count):
+        start = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, 2 * np.pi)
+        end = start + length * np.array([np.sin(angle), np.cos(angle)])
+        bend = (start + end) / 2 + rng.uniform(-0.25, 0.25) * length * np.array([np.cos(angle), -np.sin(angle)])
+        t = np.linspace(0, 1, 24)[:, None]
+        polylines.append((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end)
+    support = _strokes(size, polylines, width)
+    tone = rng.uniform(0.85, 1.0) if rng.random() < 0.5 else rng.uniform(0.0, 0.12)
+    appearance = np.full_like(clean, tone)
+    return support, appearance
+
+
+def _cuts_or_holes(kind, area, clean, rng, ys, xs):
+    "Narrow dark slits (`cut`) or irregular dark openings (`hole`) covering about `area` pixels: (support, appearance)."
+    size = clean.shape[-1]
+    support = np.zeros((size, size))
+    count = int(rng.integers(1, 3)) if kind == 'hole' else int(np.clip(math.ceil(area / 2500), 1, 4))
+    for _ in range(count):
+        cy, cx = rng.uniform(0.15, 0.85, 2) * size
+        angle = rng.uniform(0, np.pi)
+        u = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+        v = -(xs - cx) * np.sin(angle) + (ys - cy) * np.cos(angle)
+        if kind == 'cut':
+            aspect = rng.uniform(8, 16)
+            half_width = math.sqrt(area / count / (np.pi * aspect))
+            half_length = aspect * half_width
+            edge = (np.sqrt((u / half_length) ** 2 + (v / half_width) ** 2) - 1) * half_width
+        else:
+            radius = math.sqrt(area / count / np.pi)
+            r, phi = np.sqrt(u**2 + v**2), np.arctan2(v, u)
+            edge = r - radius * _blob_radius(phi, rng)
+        support = np.maximum(support, np.clip(0.5 - edge, 0, 1))
+    shade = rng.uniform(0.02, 0.12) + 0.04 * (ys / size)
+    appearance = np.broadcast_to(shade, clean.shape).copy()
+    return support, appearance
+
+# %% ../nbs/01_synthetic.ipynb #1fd3159e
+def _foreign_material(area, clean, rng, foreign):
+    "A Perlin-noise blob of about `area` pixels filled with a crop of the photograph `foreign`, its look changed at random (DRAEM): (support, appearance)."
+    C, size, _ = clean.shape
+    gen = _torch_generator(rng)
+    res = int(rng.choice([2, 4, 8]))
+    noise = perlin_noise((size, size), (res, res), generator=gen).double().numpy()
+    threshold = np.quantile(noise, 1 - min(area / size**2, 0.95))
+    support = (noise > threshold).astype(np.float64)
+    photo = _photo(foreign)
+    material = _crop(photo, min(size, *photo.shape[:2]), rng)
+    if material.shape[1] != size:
+        material = (
+            np.asarray(
+                Image.fromarray(_to_uint8(material.transpose(1, 2, 0)).squeeze()).resize((size, size)), np.float64
+            )
+            .reshape(size, size, -1)
+            .transpose(2, 0, 1)
+            / 255
+        )
+    if C == 1 and material.shape[0] == 3:
+        material = material.mean(0, keepdims=True)
+    if C == 3 and material.shape[0] == 1:
+        material = np.repeat(material, 3, 0)
+    # as DRAEM, change the material's look at random so it differs from the background
+    if rng.random() < 0.5:
+        material = 1 - material
+    material = np.clip((material - material.mean()) * rng.uniform(0.8, 1.6) + rng.uniform(0.2, 0.8), 0, 1)
+    appearance = material
+    return support, appearance
+
+# %% ../nbs/01_synthetic.ipynb #eaf56f32
+def _stain(area, clean, rng, ys, xs):
+    "A soft-edged blotch of about `area` pixels that darkens, lightens or (on colour images) tints: (support, appearance)."
+    C, size, _ = clean.shape
+    cy, cx = rng.uniform(0.2, 0.8, 2) * size
+    radius = math.sqrt(area / np.pi)
+    r, phi = np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2), np.arctan2(ys - cy, xs - cx)
+    feather = 0.25 * radius + 2
+    support = np.clip((radius * _blob_radius(phi, rng, 0.25) - r) / feather + 0.5, 0, 1)
+    if C == 3 and rng.random() < 0.6:
+        tint = np.array([[1.0, 0.55, 0.25], [0.35, 0.45, 1.0], [0.5, 0.9, 0.4]])[rng.integers(3)]
+        appearance = clean * tint[:, None, None]
+    elif rng.random() < 0.7:
+        appearance = clean * rng.uniform(0.25, 0.5)
+    else:
+        appearance = clean + (1 - clean) * rng.uniform(0.5, 0.8)
+    return support, appearance
+
+
 def _texture_support(kind, area, clean, rng, foreign):
     "Support (size,size) in [0, 1] and appearance (C,size,size) of a defect of `kind` covering about `area` pixels of `clean` (C,size,size)."
-    C, size, _ = clean.shape
-    ys, xs = _grid(size)
-    support = np.zeros((size, size))
+    ys, xs = _grid(clean.shape[-1])
     if kind == 'scratch':
-        width = rng.uniform(1.5, 4.0)
-        length = rng.uniform(0.4, 1.0) * size
-        count = int(np.clip(math.ceil(area / (width * length)), 1, 12))
-        width = float(np.clip(area / (count * length), 1.0, 12.0))
-        polylines = []
-        for _ in range(count):
-            start = rng.uniform(0, size, 2)
-            angle = rng.uniform(0, 2 * np.pi)
-            end = start + length * np.array([np.sin(angle), np.cos(angle)])
-            bend = (start + end) / 2 + rng.uniform(-0.25, 0.25) * length * np.array([np.cos(angle), -np.sin(angle)])
-            t = np.linspace(0, 1, 24)[:, None]
-            polylines.append((1 - t) ** 2 * start + 2 * t * (1 - t) * bend + t**2 * end)
-        support = _strokes(size, polylines, width)
-        tone = rng.uniform(0.85, 1.0) if rng.random() < 0.5 else rng.uniform(0.0, 0.12)
-        appearance = np.full_like(clean, tone)
-    elif kind in ('cut', 'hole'):
-        count = int(rng.integers(1, 3)) if kind == 'hole' else int(np.clip(math.ceil(area / 2500), 1, 4))
-        for _ in range(count):
-            cy, cx = rng.uniform(0.15, 0.85, 2) * size
-            angle = rng.uniform(0, np.pi)
-            u = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
-            v = -(xs - cx) * np.sin(angle) + (ys - cy) * np.cos(angle)
-            if kind == 'cut':
-                aspect = rng.uniform(8, 16)
-                half_width = math.sqrt(area / count / (np.pi * aspect))
-                half_length = aspect * half_width
-                edge = (np.sqrt((u / half_length) ** 2 + (v / half_width) ** 2) - 1) * half_width
-            else:
-                radius = math.sqrt(area / count / np.pi)
-                r, phi = np.sqrt(u**2 + v**2), np.arctan2(v, u)
-                edge = r - radius * _blob_radius(phi, rng)
-            support = np.maximum(support, np.clip(0.5 - edge, 0, 1))
-        shade = rng.uniform(0.02, 0.12) + 0.04 * (ys / size)
-        appearance = np.broadcast_to(shade, clean.shape).copy()
-    elif kind == 'foreign':
-        gen = _torch_generator(rng)
-        res = int(rng.choice([2, 4, 8]))
-        noise = perlin_noise((size, size), (res, res), generator=gen).double().numpy()
-        threshold = np.quantile(noise, 1 - min(area / size**2, 0.95))
-        support = (noise > threshold).astype(np.float64)
-        photo = _photo(foreign)
-        material = _crop(photo, min(size, *photo.shape[:2]), rng)
-        if material.shape[1] != size:
-            material = (
-                np.asarray(
-                    Image.fromarray(_to_uint8(material.transpose(1, 2, 0)).squeeze()).resize((size, size)), np.float64
-                )
-                .reshape(size, size, -1)
-                .transpose(2, 0, 1)
-                / 255
-            )
-        if C == 1 and material.shape[0] == 3:
-            material = material.mean(0, keepdims=True)
-        if C == 3 and material.shape[0] == 1:
-            material = np.repeat(material, 3, 0)
-        # as DRAEM, change the material's look at random so it differs from the background
-        if rng.random() < 0.5:
-            material = 1 - material
-        material = np.clip((material - material.mean()) * rng.uniform(0.8, 1.6) + rng.uniform(0.2, 0.8), 0, 1)
-        appearance = material
-    elif kind == 'stain':
-        cy, cx = rng.uniform(0.2, 0.8, 2) * size
-        radius = math.sqrt(area / np.pi)
-        r, phi = np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2), np.arctan2(ys - cy, xs - cx)
-        feather = 0.25 * radius + 2
-        support = np.clip((radius * _blob_radius(phi, rng, 0.25) - r) / feather + 0.5, 0, 1)
-        if C == 3 and rng.random() < 0.6:
-            tint = np.array([[1.0, 0.55, 0.25], [0.35, 0.45, 1.0], [0.5, 0.9, 0.4]])[rng.integers(3)]
-            appearance = clean * tint[:, None, None]
-        elif rng.random() < 0.7:
-            appearance = clean * rng.uniform(0.25, 0.5)
-        else:
-            appearance = clean + (1 - clean) * rng.uniform(0.5, 0.8)
-    else:
-        raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
-    return support, appearance
+        return _scratches(area, clean, rng)
+    if kind in ('cut', 'hole'):
+        return _cuts_or_holes(kind, area, clean, rng, ys, xs)
+    if kind == 'foreign':
+        return _foreign_material(area, clean, rng, foreign)
+    if kind == 'stain':
+        return _stain(area, clean, rng, ys, xs)
+    raise ValueError(f'unknown texture defect {kind!r}; expected one of {TEXTURE_DEFECTS}')
 
 # %% ../nbs/01_synthetic.ipynb #2394f90c
 def texture_defect(clean, kind, target, rng, foreign='gravel', max_area=0.5):

@@ -13,7 +13,6 @@ import html
 import io
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,10 +22,12 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
 # %% ../nbs/11_widgets.ipynb #d13cc898
+from .core import atomic_write, model_device
 from .augment import FAULT_FAMILIES
 from .data import IMAGE_EXTENSIONS, PATCH_SIZE, SEVERITY_BANDS, FolderDataset, ImageError, SeverityLabel
 from .data import dataset_float_range, find_domains, read_array, read_image, resize_image, severity_level
@@ -102,20 +103,6 @@ def _csv_text(rows):
     return buffer.getvalue()
 
 
-def _fsync_folder(folder):
-    "Make a file's creation or renaming in `folder` durable (POSIX); skipped where folders cannot be opened."
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -123,24 +110,15 @@ def _write_all(fd, data):
 
 
 def _atomic_replace(path, text):
-    "Replace `path` by `text` atomically: a temporary file beside it, fsync, rename, fsync of the folder; the file's mode is kept."
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        _write_all(fd, text.encode('utf-8'))
-        if hasattr(os, 'fchmod'):
-            os.fchmod(fd, mode)  # mkstemp makes files private; keep the CSV readable as it was
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
-        os.replace(tmp, path)
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(path.parent)
+    "Replace `path` by `text` atomically (`atomic_write`: a temporary file beside it, fsync, rename, fsync of the folder); an existing file's mode is kept."
+    mode = path.stat().st_mode & 0o777 if path.exists() else None
+
+    def write(tmp):
+        tmp.write_bytes(text.encode('utf-8'))
+        if mode is not None:
+            os.chmod(tmp, mode)
+
+    atomic_write(path, write)
 
 # %% ../nbs/11_widgets.ipynb #3a3a7a31
 class SeverityAnnotations:
@@ -177,109 +155,6 @@ class SeverityAnnotations:
             )
         return Path(rel).as_posix()
 
-    def _load(self):
-        data = self.csv_path.read_bytes()
-        try:
-            text = data.decode('utf-8')
-        except UnicodeDecodeError as e:
-            raise AnnotationError(f'{self.csv_path}: not UTF-8 text ({e})') from None
-        *lines, tail = text.split('\n')
-        header, seen = None, {}
-        for number, line in enumerate(lines, start=1):
-            row = next(csv.reader([line.rstrip('\r')]), [])
-            if not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                header = self._header(row, number)
-                continue
-            key, cells = self._row(row, header, number)
-            if key in seen:
-                warnings.warn(
-                    f'{self.csv_path}: line {number}: {key} was answered on line {seen[key]} too; the later answer is kept',
-                    AnnotationWarning,
-                    stacklevel=3,
-                )
-                self._canonical = False
-            seen[key] = number
-            self._keep(key, cells)
-        self._has_header = header is not None
-        if tail.strip():
-            self._mend_tail(tail, header, len(lines) + 1, len(data) - len(tail.encode('utf-8')))
-
-    def _header(self, row, number):
-        header = [cell.strip().lower() for cell in row]
-        if (
-            'path' not in header
-            or 'severity' not in header
-            or len(set(header)) != len(header)
-            or not set(header) <= set(ANNOTATION_COLUMNS)
-        ):
-            raise AnnotationError(
-                f'{self.csv_path}: line {number}: header must name the columns path,severity[,level] once each; got {",".join(row)}'
-            )
-        if tuple(header) != ANNOTATION_COLUMNS:
-            self._canonical = False
-        return header
-
-    def _row(self, row, header, number):
-        where = f'{self.csv_path}: line {number}'
-        if len(row) > len(header):
-            raise AnnotationError(f'{where}: {len(row)} cells for {len(header)} columns ({",".join(header)})')
-        cell = {name: (row[i].strip() if i < len(row) else '') for i, name in enumerate(header)}
-        if not cell['path']:
-            raise AnnotationError(f'{where}: empty path')
-        label = _parse_answer(cell['severity'], cell.get('level', ''), where)
-        return self.key(self.root / cell['path']), [cell['severity'], str(label.level)]
-
-    def _keep(self, key, cells):
-        self._rows[key] = cells
-        self.answered[key] = _parse_answer(*cells, where=f'{self.csv_path}: {key}')
-
-    def _mend_tail(self, tail, header, number, offset):
-        """A last line without its line end: kept (the line end added) when it is whole, else cut off. In the tool's own form
-        a row is whole only with its level (the tool writes it last, so a cut row lacks it); a file in another form was never
-        appended to by the tool, so any row that reads is whole (a hand-written file may just lack its last line end)."""
-        row = next(csv.reader([tail.rstrip('\r')]), [])
-        try:
-            if header is None:
-                self._header(row, number)
-                whole = True
-            else:
-                whole = tuple(header) != ANNOTATION_COLUMNS or (
-                    len(row) == len(header) and row[-1].strip() not in ('', '-')
-                )
-                if whole:
-                    key, cells = self._row(row, header, number)
-        except AnnotationError:
-            whole = False
-        if whole:
-            warnings.warn(
-                f'{self.csv_path}: line {number} {tail!r} had no line end; kept, line end added',
-                AnnotationWarning,
-                stacklevel=4,
-            )
-            with open(self.csv_path, 'ab') as f:
-                f.write(b'\n')
-                f.flush()
-                os.fsync(f.fileno())
-            if header is None:
-                self._has_header = True
-            else:
-                if key in self._rows:
-                    self._canonical = False  # answered twice: the next answer rewrites the file
-                self._keep(key, cells)
-        else:
-            warnings.warn(
-                f'{self.csv_path}: line {number} {tail!r} is incomplete (cut by a crash while it was written); '
-                f'dropped: answer that image again',
-                AnnotationWarning,
-                stacklevel=4,
-            )
-            with open(self.csv_path, 'r+b') as f:
-                f.truncate(offset)
-                f.flush()
-                os.fsync(f.fileno())
-
     def __len__(self):
         return len(self.answered)
 
@@ -290,50 +165,171 @@ class SeverityAnnotations:
         "The `SeverityLabel` answered for the file `path`, or None."
         return self.answered.get(self.key(path))
 
-    def next_unanswered(self, paths, start=0):
-        "The first of `paths` without an answer, looking from position `start` on and then from the beginning; None when all are answered."
-        paths = list(paths)
-        for path in paths[start:] + paths[:start]:
-            if path not in self:
-                return path
-        return None
-
-    def record(self, path, severity, level=None):
-        """Save the answer for the image `path` (see `answer_cells`: a severity >= 0, or None with a level, -1 for "cannot tell")
-        durably before returning its `SeverityLabel`: a new image's line is appended (one write, then fsync); a changed answer,
-        or a file not in the tool's form, rewrites the whole file atomically."""
-        key = self.key(path)
-        cells = list(answer_cells(severity, level, where=f'{self.csv_path}: answer for {key}'))
-        if self._rows.get(key) == cells:
-            return self.answered[key]
-        if self._has_header and self._canonical and key not in self._rows:
-            self._append([key, *cells])
-        else:
-            self._write_all_rows({**self._rows, key: cells})  # a new file, a changed answer, or a file to put in form
-        self._keep(key, cells)
-        return self.answered[key]
-
-    def _append(self, row):
-        data = _csv_text([row]).encode('utf-8')
-        fd = os.open(self.csv_path, os.O_WRONLY | os.O_APPEND)
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                _write_all(fd, data)
-            except OSError:
-                os.ftruncate(fd, size)  # a failed write (disk full) must not leave half a line for the next one to join
-                raise
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _write_all_rows(self, rows):
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_replace(self.csv_path, _csv_text([ANNOTATION_COLUMNS, *([key, *cells] for key, cells in rows.items())]))
-        self._canonical = self._has_header = True
-
     def __repr__(self):
         return f'SeverityAnnotations({str(self.csv_path)!r}, root={str(self.root)!r}, {len(self)} answered)'
+
+# %% ../nbs/11_widgets.ipynb #a0206e23
+@patch
+def _header(self: SeverityAnnotations, row, number):
+    header = [cell.strip().lower() for cell in row]
+    if (
+        'path' not in header
+        or 'severity' not in header
+        or len(set(header)) != len(header)
+        or not set(header) <= set(ANNOTATION_COLUMNS)
+    ):
+        raise AnnotationError(
+            f'{self.csv_path}: line {number}: header must name the columns path,severity[,level] once each; got {",".join(row)}'
+        )
+    if tuple(header) != ANNOTATION_COLUMNS:
+        self._canonical = False
+    return header
+
+
+@patch
+def _row(self: SeverityAnnotations, row, header, number):
+    where = f'{self.csv_path}: line {number}'
+    if len(row) > len(header):
+        raise AnnotationError(f'{where}: {len(row)} cells for {len(header)} columns ({",".join(header)})')
+    cell = {name: (row[i].strip() if i < len(row) else '') for i, name in enumerate(header)}
+    if not cell['path']:
+        raise AnnotationError(f'{where}: empty path')
+    label = _parse_answer(cell['severity'], cell.get('level', ''), where)
+    return self.key(self.root / cell['path']), [cell['severity'], str(label.level)]
+
+
+@patch
+def _keep(self: SeverityAnnotations, key, cells):
+    self._rows[key] = cells
+    self.answered[key] = _parse_answer(*cells, where=f'{self.csv_path}: {key}')
+
+# %% ../nbs/11_widgets.ipynb #54e3fd7b
+@patch
+def _load(self: SeverityAnnotations):
+    data = self.csv_path.read_bytes()
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f'{self.csv_path}: not UTF-8 text ({e})') from None
+    *lines, tail = text.split('\n')
+    header, seen = None, {}
+    for number, line in enumerate(lines, start=1):
+        row = next(csv.reader([line.rstrip('\r')]), [])
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = self._header(row, number)
+            continue
+        key, cells = self._row(row, header, number)
+        if key in seen:
+            warnings.warn(
+                f'{self.csv_path}: line {number}: {key} was answered on line {seen[key]} too; the later answer is kept',
+                AnnotationWarning,
+                stacklevel=3,
+            )
+            self._canonical = False
+        seen[key] = number
+        self._keep(key, cells)
+    self._has_header = header is not None
+    if tail.strip():
+        self._mend_tail(tail, header, len(lines) + 1, len(data) - len(tail.encode('utf-8')))
+
+# %% ../nbs/11_widgets.ipynb #180e791e
+@patch
+def _mend_tail(self: SeverityAnnotations, tail, header, number, offset):
+    """A last line without its line end: kept (the line end added) when it is whole, else cut off. In the tool's own form
+    a row is whole only with its level (the tool writes it last, so a cut row lacks it); a file in another form was never
+    appended to by the tool, so any row that reads is whole (a hand-written file may just lack its last line end)."""
+    row = next(csv.reader([tail.rstrip('\r')]), [])
+    try:
+        if header is None:
+            self._header(row, number)
+            whole = True
+        else:
+            whole = tuple(header) != ANNOTATION_COLUMNS or (
+                len(row) == len(header) and row[-1].strip() not in ('', '-')
+            )
+            if whole:
+                key, cells = self._row(row, header, number)
+    except AnnotationError:
+        whole = False
+    if whole:
+        warnings.warn(
+            f'{self.csv_path}: line {number} {tail!r} had no line end; kept, line end added',
+            AnnotationWarning,
+            stacklevel=4,
+        )
+        with open(self.csv_path, 'ab') as f:
+            f.write(b'\n')
+            f.flush()
+            os.fsync(f.fileno())
+        if header is None:
+            self._has_header = True
+        else:
+            if key in self._rows:
+                self._canonical = False  # answered twice: the next answer rewrites the file
+            self._keep(key, cells)
+    else:
+        warnings.warn(
+            f'{self.csv_path}: line {number} {tail!r} is incomplete (cut by a crash while it was written); '
+            f'dropped: answer that image again',
+            AnnotationWarning,
+            stacklevel=4,
+        )
+        with open(self.csv_path, 'r+b') as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+
+# %% ../nbs/11_widgets.ipynb #5fb4cd67
+@patch
+def next_unanswered(self: SeverityAnnotations, paths, start=0):
+    "The first of `paths` without an answer, looking from position `start` on and then from the beginning; None when all are answered."
+    paths = list(paths)
+    for path in paths[start:] + paths[:start]:
+        if path not in self:
+            return path
+    return None
+
+
+@patch
+def record(self: SeverityAnnotations, path, severity, level=None):
+    """Save the answer for the image `path` (see `answer_cells`: a severity >= 0, or None with a level, -1 for "cannot tell")
+    durably before returning its `SeverityLabel`: a new image's line is appended (one write, then fsync); a changed answer,
+    or a file not in the tool's form, rewrites the whole file atomically."""
+    key = self.key(path)
+    cells = list(answer_cells(severity, level, where=f'{self.csv_path}: answer for {key}'))
+    if self._rows.get(key) == cells:
+        return self.answered[key]
+    if self._has_header and self._canonical and key not in self._rows:
+        self._append([key, *cells])
+    else:
+        self._write_all_rows({**self._rows, key: cells})  # a new file, a changed answer, or a file to put in form
+    self._keep(key, cells)
+    return self.answered[key]
+
+
+@patch
+def _append(self: SeverityAnnotations, row):
+    data = _csv_text([row]).encode('utf-8')
+    fd = os.open(self.csv_path, os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+        except OSError:
+            os.ftruncate(fd, size)  # a failed write (disk full) must not leave half a line for the next one to join
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@patch
+def _write_all_rows(self: SeverityAnnotations, rows):
+    self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_replace(self.csv_path, _csv_text([ANNOTATION_COLUMNS, *([key, *cells] for key, cells in rows.items())]))
+    self._canonical = self._has_header = True
 
 # %% ../nbs/11_widgets.ipynb #445a7332
 def _readable(path):
@@ -424,18 +420,12 @@ def png_bytes(array, width=None):
     return buffer.getvalue()
 
 # %% ../nbs/11_widgets.ipynb #b2a21c23
-def _model_device(model):
-    for tensor in getattr(model, 'parameters', list)():
-        return tensor.device
-    return torch.device('cpu')
-
-
 @torch.no_grad()
 def predict_image(model, image, image_size=None):
     """The model's view of one image (3,H,W): `(anomaly_map (H,W) numpy, score, severity)`, the image resized to `image_size`
     (the run's) for the model and the map resized back to (H,W). `severity` is NaN for a model without a severity head."""
     x = image if image_size is None else resize_image(image, image_size)
-    prediction = model.predict(x[None].to(_model_device(model)))
+    prediction = model.predict(x[None].to(model_device(model)))
     anomaly_map = prediction.anomaly_map.float()
     if anomaly_map.shape[-2:] != image.shape[-2:]:
         anomaly_map = F.interpolate(anomaly_map, size=tuple(image.shape[-2:]), mode='bilinear', align_corners=False)
@@ -518,29 +508,7 @@ class AnnotationTool(widgets.VBox):
         )
         self.title, self.model_note, self.status = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.image_view, self.map_view = widgets.Image(format='png'), widgets.Image(format='png')
-        self.slider = widgets.FloatSlider(
-            value=0.0,
-            min=0.0,
-            max=max_severity,
-            step=0.1,
-            description='severity',
-            readout_format='.1f',
-            continuous_update=False,
-        )
-        auto = widgets.Layout(width='auto')
-        self.save_button = widgets.Button(description='save severity', button_style='primary', layout=auto)
-        self.level_buttons = {k: widgets.Button(description=text, layout=auto) for k, text in LEVEL_BUTTONS.items()}
-        self.unsure_button = widgets.Button(description="can't tell", layout=auto)
-        self.back_button, self.next_button = (
-            widgets.Button(description='◀ back', layout=auto),
-            widgets.Button(description='next ▶', layout=auto),
-        )
-        self.save_button.on_click(lambda _: self._safely(self.answer, self.slider.value))
-        for k, button in self.level_buttons.items():
-            button.on_click(lambda _, k=k: self._safely(self.answer, 0.0 if k == 0 else None, k))
-        self.unsure_button.on_click(lambda _: self._safely(self.answer, None, -1))
-        self.back_button.on_click(lambda _: self.show(self.index - 1))
-        self.next_button.on_click(lambda _: self.show(self.index + 1))
+        self._controls(max_severity)
         views = [self.image_view] + ([self.map_view] if model is not None else [])
         super().__init__(
             children=[
@@ -556,89 +524,6 @@ class AnnotationTool(widgets.VBox):
         first = annotations.next_unanswered(self.paths)
         self.show(len(self.paths) - 1 if first is None else self.paths.index(first))
 
-    @property
-    def path(self):
-        return self.paths[self.index]
-
-    @property
-    def done(self):
-        return all(p in self.annotations for p in self.paths)
-
-    def _view(self, path):
-        "(image, anomaly map or None, score, severity) of `path`, the last few kept."
-        if path not in self._cache:
-            image = read_image(path, self.float_range)
-            view = (
-                (image, *predict_image(self.model, image, self.image_size))
-                if self.model is not None
-                else (image, None, math.nan, math.nan)
-            )
-            if len(self._cache) >= 32:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[path] = view
-        return self._cache[path]
-
-    def _safely(self, action, *args):
-        "Run a button's action; an error is shown on the screen (a click has nowhere else to report it)."
-        try:
-            return action(*args)
-        except (AnnotationError, ImageError, OSError) as e:
-            self.status.value = f'<span style="color:#b00">not saved: {html.escape(str(e))}</span>'
-
-    def show(self, index):
-        "Put image `index` (clamped to the list) on the screen, with its current answer."
-        self.index = max(0, min(int(index), len(self.paths) - 1))
-        key, label = self.annotations.key(self.path), self.annotations.label(self.path)
-        count = sum(p in self.annotations for p in self.paths)
-        banner = f' &nbsp; <b>all {len(self.paths)} images answered</b>' if count == len(self.paths) else ''
-        self.title.value = (
-            f'<b>{self.index + 1} / {len(self.paths)}</b> &nbsp; <code>{html.escape(key)}</code> &nbsp; '
-            f'{count} answered{banner}'
-        )
-        self.slider.value = label.severity if label is not None and math.isfinite(label.severity) else 0.0
-        self.back_button.disabled, self.next_button.disabled = self.index == 0, self.index == len(self.paths) - 1
-        try:
-            image, anomaly_map, score, severity = self._view(self.path)
-        except ImageError as e:
-            self.image_view.value = self.map_view.value = b''
-            self.model_note.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
-        else:
-            self.image_view.value = png_bytes(to_uint8(image), self.display_width)
-            self.model_note.value = ''
-            if anomaly_map is not None:
-                self.map_view.value = png_bytes(map_overlay(image, anomaly_map, self.map_range), self.display_width)
-                shown = f', severity {severity:.2f}' if self.show_model_severity and math.isfinite(severity) else ''
-                self.model_note.value = (
-                    f'model: score {score:.3g}{shown} &nbsp; (map colours {self.map_range[0]:.3g} .. '
-                    f'{self.map_range[1]:.3g}, the same for every image)'
-                )
-        self.status.value = f'this image: {describe(label)}' + (f'<br>{self._saved}' if self._saved else '')
-
-    def answer(self, severity, level=None):
-        "Save the answer for the image on screen (`SeverityAnnotations.record`), then show the next unanswered image; returns the `SeverityLabel`."
-        label = self.annotations.record(self.path, severity, level)
-        self._saved = f'saved <code>{html.escape(self.annotations.key(self.path))}</code>: {describe(label)}'
-        following = self.annotations.next_unanswered(self.paths, start=self.index + 1)
-        self.show(self.index if following is None else self.paths.index(following))
-        return label
-
-    def figure(self, dpi=80):
-        "A still of the screen (image, and the anomaly map over it) as a matplotlib `Figure`, for pages where widgets do not run."
-        image, anomaly_map, score, _ = self._view(self.path)
-        panels = 1 if anomaly_map is None else 2
-        H, W = image.shape[-2:]
-        fig = Figure(figsize=(3.4 * panels, 3.4 * H / W + 0.7), dpi=dpi, layout='constrained')
-        axes = fig.subplots(1, panels, squeeze=False)[0]
-        axes[0].imshow(to_uint8(image), interpolation='nearest')
-        axes[0].set_title(self.annotations.key(self.path), fontsize=8)
-        if anomaly_map is not None:
-            axes[1].imshow(map_overlay(image, anomaly_map, self.map_range), interpolation='nearest')
-            axes[1].set_title(f'anomaly map, score {score:.3g}', fontsize=8)
-        for ax in axes:
-            ax.set_axis_off()
-        fig.suptitle(f'{self.index + 1} / {len(self.paths)}: {describe(self.annotations.label(self.path))}', fontsize=9)
-        return fig
-
     def close(self):
         "Close the tool and every widget in it (ipywidgets' own `close` leaves the children open)."
         try:
@@ -648,6 +533,129 @@ class AnnotationTool(widgets.VBox):
 
     def __repr__(self):
         return f'AnnotationTool({len(self.paths)} images, {len(self.annotations)} answered, csv={str(self.annotations.csv_path)!r})'
+
+# %% ../nbs/11_widgets.ipynb #ef2ccd97
+@patch
+def _controls(self: AnnotationTool, max_severity):
+    "The answer controls (severity slider and *save*, a button per level, *can't tell*) and *back* / *next*, wired to their actions."
+    self.slider = widgets.FloatSlider(
+        value=0.0,
+        min=0.0,
+        max=max_severity,
+        step=0.1,
+        description='severity',
+        readout_format='.1f',
+        continuous_update=False,
+    )
+    auto = widgets.Layout(width='auto')
+    self.save_button = widgets.Button(description='save severity', button_style='primary', layout=auto)
+    self.level_buttons = {k: widgets.Button(description=text, layout=auto) for k, text in LEVEL_BUTTONS.items()}
+    self.unsure_button = widgets.Button(description="can't tell", layout=auto)
+    self.back_button, self.next_button = (
+        widgets.Button(description='◀ back', layout=auto),
+        widgets.Button(description='next ▶', layout=auto),
+    )
+    self.save_button.on_click(lambda _: self._safely(self.answer, self.slider.value))
+    for k, button in self.level_buttons.items():
+        button.on_click(lambda _, k=k: self._safely(self.answer, 0.0 if k == 0 else None, k))
+    self.unsure_button.on_click(lambda _: self._safely(self.answer, None, -1))
+    self.back_button.on_click(lambda _: self.show(self.index - 1))
+    self.next_button.on_click(lambda _: self.show(self.index + 1))
+
+
+@patch(as_prop=True)
+def path(self: AnnotationTool):
+    return self.paths[self.index]
+
+
+@patch(as_prop=True)
+def done(self: AnnotationTool):
+    return all(p in self.annotations for p in self.paths)
+
+# %% ../nbs/11_widgets.ipynb #d5c363d4
+@patch
+def _view(self: AnnotationTool, path):
+    "(image, anomaly map or None, score, severity) of `path`, the last few kept."
+    if path not in self._cache:
+        image = read_image(path, self.float_range)
+        view = (
+            (image, *predict_image(self.model, image, self.image_size))
+            if self.model is not None
+            else (image, None, math.nan, math.nan)
+        )
+        if len(self._cache) >= 32:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[path] = view
+    return self._cache[path]
+
+
+@patch
+def show(self: AnnotationTool, index):
+    "Put image `index` (clamped to the list) on the screen, with its current answer."
+    self.index = max(0, min(int(index), len(self.paths) - 1))
+    key, label = self.annotations.key(self.path), self.annotations.label(self.path)
+    count = sum(p in self.annotations for p in self.paths)
+    banner = f' &nbsp; <b>all {len(self.paths)} images answered</b>' if count == len(self.paths) else ''
+    self.title.value = (
+        f'<b>{self.index + 1} / {len(self.paths)}</b> &nbsp; <code>{html.escape(key)}</code> &nbsp; '
+        f'{count} answered{banner}'
+    )
+    self.slider.value = label.severity if label is not None and math.isfinite(label.severity) else 0.0
+    self.back_button.disabled, self.next_button.disabled = self.index == 0, self.index == len(self.paths) - 1
+    try:
+        image, anomaly_map, score, severity = self._view(self.path)
+    except ImageError as e:
+        self.image_view.value = self.map_view.value = b''
+        self.model_note.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+    else:
+        self.image_view.value = png_bytes(to_uint8(image), self.display_width)
+        self.model_note.value = ''
+        if anomaly_map is not None:
+            self.map_view.value = png_bytes(map_overlay(image, anomaly_map, self.map_range), self.display_width)
+            shown = f', severity {severity:.2f}' if self.show_model_severity and math.isfinite(severity) else ''
+            self.model_note.value = (
+                f'model: score {score:.3g}{shown} &nbsp; (map colours {self.map_range[0]:.3g} .. '
+                f'{self.map_range[1]:.3g}, the same for every image)'
+            )
+    self.status.value = f'this image: {describe(label)}' + (f'<br>{self._saved}' if self._saved else '')
+
+# %% ../nbs/11_widgets.ipynb #813eada4
+@patch
+def _safely(self: AnnotationTool, action, *args):
+    "Run a button's action; an error is shown on the screen (a click has nowhere else to report it)."
+    try:
+        return action(*args)
+    except (AnnotationError, ImageError, OSError) as e:
+        self.status.value = f'<span style="color:#b00">not saved: {html.escape(str(e))}</span>'
+
+
+@patch
+def answer(self: AnnotationTool, severity, level=None):
+    "Save the answer for the image on screen (`SeverityAnnotations.record`), then show the next unanswered image; returns the `SeverityLabel`."
+    label = self.annotations.record(self.path, severity, level)
+    self._saved = f'saved <code>{html.escape(self.annotations.key(self.path))}</code>: {describe(label)}'
+    following = self.annotations.next_unanswered(self.paths, start=self.index + 1)
+    self.show(self.index if following is None else self.paths.index(following))
+    return label
+
+
+@patch
+def figure(self: AnnotationTool, dpi=80):
+    "A still of the screen (image, and the anomaly map over it) as a matplotlib `Figure`, for pages where widgets do not run."
+    image, anomaly_map, score, _ = self._view(self.path)
+    panels = 1 if anomaly_map is None else 2
+    H, W = image.shape[-2:]
+    fig = Figure(figsize=(3.4 * panels, 3.4 * H / W + 0.7), dpi=dpi, layout='constrained')
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes[0].imshow(to_uint8(image), interpolation='nearest')
+    axes[0].set_title(self.annotations.key(self.path), fontsize=8)
+    if anomaly_map is not None:
+        axes[1].imshow(map_overlay(image, anomaly_map, self.map_range), interpolation='nearest')
+        axes[1].set_title(f'anomaly map, score {score:.3g}', fontsize=8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(f'{self.index + 1} / {len(self.paths)}: {describe(self.annotations.label(self.path))}', fontsize=9)
+    return fig
 
 # %% ../nbs/11_widgets.ipynb #8ea9a940
 def annotation_tool(
@@ -722,26 +730,9 @@ class Explorer(widgets.VBox):
                 list(self._predict(torch.stack([dataset[i]['image'] for i in spread(len(dataset))]))[0])
             )
         )
-        self.image_picker = widgets.Dropdown(
-            options=list(zip(names, range(len(names)))), value=first_good, description='image'
-        )
-        self.family_picker = widgets.Dropdown(
-            options=list(FAULT_FAMILIES), value=next(iter(FAULT_FAMILIES)), description='family'
-        )
-        self.severity_slider = widgets.FloatSlider(
-            value=min(5.0, max_severity),
-            min=0.0,
-            max=max_severity,
-            step=0.1,
-            description='severity',
-            readout_format='.1f',
-            continuous_update=False,
-        )
-        self.seed_box = widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description='shape seed')
+        self._controls(names, first_good, max_severity)
         self.clean_view, self.faulty_view, self.map_view = (widgets.Image(format='png') for _ in range(3))
         self.readout = widgets.HTML()
-        for control in (self.image_picker, self.family_picker, self.severity_slider, self.seed_box):
-            control.observe(lambda _: self.update(), names='value')
         views = [self.clean_view, self.faulty_view] + ([self.map_view] if model is not None else [])
         super().__init__(
             children=[
@@ -753,61 +744,6 @@ class Explorer(widgets.VBox):
         )
         self.update()
 
-    @torch.no_grad()
-    def _predict(self, images):
-        prediction = self.model.predict(images.to(_model_device(self.model)))
-        severity = (
-            torch.full((len(images),), math.nan) if prediction.severity is None else prediction.severity.float().cpu()
-        )
-        return (
-            prediction.anomaly_map.float()[:, 0].cpu().numpy(),
-            prediction.score.float().cpu().numpy(),
-            severity.numpy(),
-        )
-
-    def update(self):
-        "Make the fault for the current choices, run the model on clean and faulty images, redraw."
-        self.clean = self.dataset[self.image_picker.value]['image']
-        generator = torch.Generator().manual_seed(int(self.seed_box.value))
-        faulty, mask, realised = FAULT_FAMILIES[self.family_picker.value](
-            self.clean[None], torch.tensor([float(self.severity_slider.value)]), generator=generator
-        )
-        self.faulty, self.mask, self.realised = faulty[0], mask[0], float(realised[0])
-        self.clean_view.value = png_bytes(to_uint8(self.clean), self.display_width)
-        self.faulty_view.value = png_bytes(to_uint8(self.faulty), self.display_width)
-        text = f'realised severity <b>{self.realised:.2f}</b> (level L{severity_level(self.realised)})'
-        if self.model is not None:
-            self.maps, self.scores, self.severities = self._predict(torch.stack([self.clean, self.faulty]))
-            self.map_view.value = png_bytes(map_overlay(self.faulty, self.maps[1], self.map_range), self.display_width)
-            text += f' &nbsp; model score: clean {self.scores[0]:.3g} → faulty <b>{self.scores[1]:.3g}</b>'
-            if np.isfinite(self.severities).all():
-                text += f' &nbsp; severity: clean {self.severities[0]:.2f} → faulty <b>{self.severities[1]:.2f}</b> (L{severity_level(float(self.severities[1]))})'
-        self.readout.value = text
-
-    def figure(self, dpi=80):
-        "A still of the explorer (clean, faulty with the fault's outline, the faulty image's map) as a matplotlib `Figure`."
-        panels = 3 if self.model is not None else 2
-        H, W = self.clean.shape[-2:]
-        fig = Figure(figsize=(2.8 * panels, 2.8 * H / W + 0.8), dpi=dpi, layout='constrained')
-        axes = fig.subplots(1, panels, squeeze=False)[0]
-        axes[0].imshow(to_uint8(self.clean), interpolation='nearest')
-        axes[0].set_title(self.image_picker.label, fontsize=8)
-        axes[1].imshow(to_uint8(self.faulty), interpolation='nearest')
-        if self.mask.any():
-            axes[1].contour(self.mask[0].numpy(), levels=[0.5], colors='cyan', linewidths=0.6)
-        axes[1].set_title(
-            f'{self.family_picker.value}, asked {self.severity_slider.value:.1f}, realised {self.realised:.2f}',
-            fontsize=8,
-        )
-        if self.model is not None:
-            axes[2].imshow(map_overlay(self.faulty, self.maps[1], self.map_range), interpolation='nearest')
-            axes[2].set_title(
-                f'score {self.scores[0]:.3g} → {self.scores[1]:.3g}, severity {self.severities[1]:.2f}', fontsize=8
-            )
-        for ax in axes:
-            ax.set_axis_off()
-        return fig
-
     def close(self):
         "Close the explorer and every widget in it."
         try:
@@ -817,6 +753,90 @@ class Explorer(widgets.VBox):
 
     def __repr__(self):
         return f'Explorer({len(self.dataset)} images, model={type(self.model).__name__ if self.model is not None else None})'
+
+# %% ../nbs/11_widgets.ipynb #13bbf7b1
+@patch
+def _controls(self: Explorer, names, first_good, max_severity):
+    "The image and family pickers, the severity slider and the shape seed, each redrawing the explorer when changed."
+    self.image_picker = widgets.Dropdown(
+        options=list(zip(names, range(len(names)))), value=first_good, description='image'
+    )
+    self.family_picker = widgets.Dropdown(
+        options=list(FAULT_FAMILIES), value=next(iter(FAULT_FAMILIES)), description='family'
+    )
+    self.severity_slider = widgets.FloatSlider(
+        value=min(5.0, max_severity),
+        min=0.0,
+        max=max_severity,
+        step=0.1,
+        description='severity',
+        readout_format='.1f',
+        continuous_update=False,
+    )
+    self.seed_box = widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description='shape seed')
+    for control in (self.image_picker, self.family_picker, self.severity_slider, self.seed_box):
+        control.observe(lambda _: self.update(), names='value')
+
+
+@patch
+@torch.no_grad()
+def _predict(self: Explorer, images):
+    prediction = self.model.predict(images.to(model_device(self.model)))
+    severity = (
+        torch.full((len(images),), math.nan) if prediction.severity is None else prediction.severity.float().cpu()
+    )
+    return (
+        prediction.anomaly_map.float()[:, 0].cpu().numpy(),
+        prediction.score.float().cpu().numpy(),
+        severity.numpy(),
+    )
+
+# %% ../nbs/11_widgets.ipynb #dd7882c3
+@patch
+def update(self: Explorer):
+    "Make the fault for the current choices, run the model on clean and faulty images, redraw."
+    self.clean = self.dataset[self.image_picker.value]['image']
+    generator = torch.Generator().manual_seed(int(self.seed_box.value))
+    faulty, mask, realised = FAULT_FAMILIES[self.family_picker.value](
+        self.clean[None], torch.tensor([float(self.severity_slider.value)]), generator=generator
+    )
+    self.faulty, self.mask, self.realised = faulty[0], mask[0], float(realised[0])
+    self.clean_view.value = png_bytes(to_uint8(self.clean), self.display_width)
+    self.faulty_view.value = png_bytes(to_uint8(self.faulty), self.display_width)
+    text = f'realised severity <b>{self.realised:.2f}</b> (level L{severity_level(self.realised)})'
+    if self.model is not None:
+        self.maps, self.scores, self.severities = self._predict(torch.stack([self.clean, self.faulty]))
+        self.map_view.value = png_bytes(map_overlay(self.faulty, self.maps[1], self.map_range), self.display_width)
+        text += f' &nbsp; model score: clean {self.scores[0]:.3g} → faulty <b>{self.scores[1]:.3g}</b>'
+        if np.isfinite(self.severities).all():
+            text += f' &nbsp; severity: clean {self.severities[0]:.2f} → faulty <b>{self.severities[1]:.2f}</b> (L{severity_level(float(self.severities[1]))})'
+    self.readout.value = text
+
+
+@patch
+def figure(self: Explorer, dpi=80):  # noqa: F811 (AnnotationTool.figure is another method)
+    "A still of the explorer (clean, faulty with the fault's outline, the faulty image's map) as a matplotlib `Figure`."
+    panels = 3 if self.model is not None else 2
+    H, W = self.clean.shape[-2:]
+    fig = Figure(figsize=(2.8 * panels, 2.8 * H / W + 0.8), dpi=dpi, layout='constrained')
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes[0].imshow(to_uint8(self.clean), interpolation='nearest')
+    axes[0].set_title(self.image_picker.label, fontsize=8)
+    axes[1].imshow(to_uint8(self.faulty), interpolation='nearest')
+    if self.mask.any():
+        axes[1].contour(self.mask[0].numpy(), levels=[0.5], colors='cyan', linewidths=0.6)
+    axes[1].set_title(
+        f'{self.family_picker.value}, asked {self.severity_slider.value:.1f}, realised {self.realised:.2f}',
+        fontsize=8,
+    )
+    if self.model is not None:
+        axes[2].imshow(map_overlay(self.faulty, self.maps[1], self.map_range), interpolation='nearest')
+        axes[2].set_title(
+            f'score {self.scores[0]:.3g} → {self.scores[1]:.3g}, severity {self.severities[1]:.2f}', fontsize=8
+        )
+    for ax in axes:
+        ax.set_axis_off()
+    return fig
 
 # %% ../nbs/11_widgets.ipynb #1bade0eb
 def explorer(

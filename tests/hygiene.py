@@ -3,7 +3,9 @@
 Each checker returns a list of problems (empty when all is well) and never modifies the project it
 checks. The export and clean checks work on a temporary copy and run nbdev's own commands there, so
 what they compare with is exactly what `nbdev_export` and `nbdev_clean` would write; the output check
-(`output_problems`) only reads the notebooks.
+(`output_problems`), the chapter-order checks (`chapter_order_problems` on the notebooks,
+`module_order_problems` on the generated modules) and the reference check (`outside_reference_problems`:
+nothing points outside the repository) only read files.
 """
 
 import ast
@@ -401,4 +403,301 @@ def output_problems(repo):
                 problems.append(
                     f'{rel} cell {k} (first line: `{_first_code_line(source)}`) has no output ({why}): {fix}'
                 )
+    return problems
+
+
+# --- chapters import only earlier chapters -----------------------------------------------------------
+
+_CHAPTER_NAME = re.compile(r'\d+_')
+
+
+def _cells(nb_path):
+    "The notebook's cells (a list of dicts); raises ValueError when it is not nbformat JSON."
+    try:
+        return json.loads(Path(nb_path).read_text(encoding='utf-8'))['cells']
+    except (KeyError, TypeError) as e:
+        raise ValueError(f'no cells ({type(e).__name__}: {e})') from e
+
+
+def _default_exp(cells):
+    "The module a notebook exports to (its `#| default_exp` directive), or None."
+    for cell in cells:
+        if cell.get('cell_type') != 'code':
+            continue
+        for d in _directives(_source(cell)):
+            key, _, rest = d.partition(' ')
+            if key == 'default_exp' and rest.strip():
+                return rest.strip()
+    return None
+
+
+def is_chapter(nbs, nb_path):
+    "Whether `nb_path` is a numbered chapter: `NN_name.ipynb` directly in `nbs` (index and tutorials are not)."
+    return Path(nb_path).parent == Path(nbs) and bool(_CHAPTER_NAME.match(Path(nb_path).name))
+
+
+def exported_modules(repo):
+    """Module name (`data`, `sub.mod`: without the library's name) -> the notebook exporting it, a path
+    relative to `repo`, from each notebook's `#| default_exp` cell."""
+    repo = Path(repo).resolve()
+    nbs, _ = project_paths(repo)
+    found = {}
+    for nb_path in notebooks(nbs):
+        try:
+            module = _default_exp(_cells(nb_path))
+        except ValueError:
+            continue
+        if module:
+            found[module] = nb_path.relative_to(repo).as_posix()
+    return found
+
+
+def _imported_modules(tree, lib_name, module=None):
+    """(line, module) for each module of the library `lib_name` that the code `tree` imports, anywhere
+    (in functions too): `from lib.X import ...`, `import lib.X`, `from lib import X`, and relative
+    imports (`from .X import ...`) when `module` (the importing module, without `lib_name`) is known.
+    Names given to `importlib` as strings (the plugin mechanism) are not imports."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(lib_name + '.'):
+                    found.append((node.lineno, alias.name[len(lib_name) + 1 :]))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = (module or '').split('.')[:-1]
+                if node.level - 1 > len(package):
+                    continue
+                base = package[: len(package) - (node.level - 1)]
+            elif node.module == lib_name or (node.module or '').startswith(lib_name + '.'):
+                base = node.module.split('.')[1:]
+            else:
+                continue
+            if node.module and node.level:
+                base = base + node.module.split('.')
+            if base:
+                found.append((node.lineno, '.'.join(base)))
+            else:  # `from lib import X` or `from . import X`: X may be a module
+                found.extend((node.lineno, alias.name) for alias in node.names)
+    return found
+
+
+def _later(nbs, importer, imported):
+    "Whether the notebook `imported` is a chapter that sorts after the chapter `importer` (paths under nbs)."
+    return is_chapter(nbs, importer) and is_chapter(nbs, imported) and Path(imported).name > Path(importer).name
+
+
+def chapter_order_problems(repo):
+    """Code cells of a numbered chapter (`nbs/NN_name.ipynb`) that import a module exported by a chapter
+    sorting after it (by file name: 00_core < 00_data < 01_synthetic < ...): a chapter builds only on
+    earlier chapters, so that the book reads in order. The module of a notebook is its `#| default_exp`;
+    imports are `from lib.X import`, `from .X import`, `import lib.X` anywhere in a cell (inside
+    functions too). index.ipynb and tutorials may import anything. Returns a list of problems."""
+    repo = Path(repo).resolve()
+    nbs, _ = project_paths(repo)
+    lib_name = _config(repo).get('lib_name', '')
+    modules = exported_modules(repo)
+    problems = []
+    for nb_path in notebooks(nbs):
+        if not is_chapter(nbs, nb_path):
+            continue
+        rel = nb_path.relative_to(repo).as_posix()
+        try:
+            cells = _cells(nb_path)
+        except ValueError as e:
+            problems.append(f'{rel}: cannot read its cells ({e}); is it valid nbformat JSON?')
+            continue
+        own = _default_exp(cells)
+        for k, cell in enumerate(cells, 1):
+            if cell.get('cell_type') != 'code':
+                continue
+            parsed = _parse_cell(_source(cell))
+            if parsed is None:
+                continue
+            for _, module in _imported_modules(parsed[1], lib_name, own):
+                other = modules.get(module)
+                if other and _later(nbs, nb_path, repo / other):
+                    problems.append(
+                        f'{rel} cell {k} imports {lib_name}.{module}, exported by the later chapter {other}: '
+                        f'a chapter may use only earlier ones; move what it needs to an earlier chapter '
+                        f'(or this code to a later one)'
+                    )
+    return problems
+
+
+_GENERATED_FROM = re.compile(r'^# AUTOGENERATED! DO NOT EDIT! File to edit: (?P<nb>\S+?)\.?$', re.MULTILINE)
+
+
+def module_order_problems(repo):
+    """Generated modules (the library's `.py` files, read as nbdev wrote them) that import a module whose
+    chapter sorts after their own: the library's import graph follows the chapters. A module's chapter is
+    the notebook named in its `AUTOGENERATED ... File to edit:` header; every import statement counts,
+    also inside functions, but names handed to `importlib` as strings (how `sevdino.core.load_models`
+    finds model modules) do not. Files without the header (`__init__.py`, `_modidx.py`) are skipped."""
+    repo = Path(repo).resolve()
+    nbs, lib = project_paths(repo)
+    lib_name = _config(repo).get('lib_name', '')
+    chapter_of = {}
+    for name, path in _py_files(lib).items():
+        m = _GENERATED_FROM.search(path.read_text(encoding='utf-8'))
+        if m:
+            module = name[: -len('.py')].replace('/', '.')
+            module = module[: -len('.__init__')] if module.endswith('.__init__') else module
+            chapter_of[module] = (path, (path.parent / m['nb']).resolve())
+    problems = []
+    for module, (path, nb_path) in sorted(chapter_of.items()):
+        rel = path.relative_to(repo).as_posix()
+        try:
+            tree = ast.parse(path.read_text(encoding='utf-8'))
+        except SyntaxError as e:
+            problems.append(f'{rel}: cannot be parsed ({e})')
+            continue
+        for line, other in _imported_modules(tree, lib_name, module):
+            if other in chapter_of and _later(nbs, nb_path, chapter_of[other][1]):
+                later_nb = chapter_of[other][1].relative_to(repo).as_posix()
+                problems.append(
+                    f'{rel} line {line} imports {lib_name}.{other}, exported by {later_nb}, a later chapter than '
+                    f'its own {nb_path.relative_to(repo).as_posix()}: fix the import in the notebook, then '
+                    f'{FIX_EXPORT}'
+                )
+    return problems
+
+
+# --- no references to files outside the repository ----------------------------------------------------
+
+# The user's documents that live next to the repository, not in it: a reader of the repository cannot
+# open them, so the text says what they hold instead ("Dinomaly's paper and reference code").
+OUTSIDE_DOCUMENTS = ('FACTS', 'DESIGN')
+DOC_FILES = ('README.md', 'DEVELOPERS.md')
+_OUTSIDE_NAME = re.compile(r'\b(?:' + '|'.join(OUTSIDE_DOCUMENTS) + r')(?:\.md)?\b')
+_MD_FILE_NAME = re.compile(r'(?<![\w./-])[A-Z][A-Z0-9_-]*\.md\b')
+_LINK = re.compile(r'\]\(\s*<?([^)\s>]+)>?[^)]*\)|\b(?:src|href)\s*=\s*["\']([^"\']+)["\']')
+_UP_PATH = re.compile(r'(?<![\w/.~$:-])\.\.(?:/[^\s`\'"()\[\]<>,;|*]*)+')
+
+
+def _escapes(folder, path):
+    "Whether the relative `path`, read from `folder` (relative to the repo root, posix), leaves the root."
+    joined = os.path.normpath(os.path.join(folder, path.split('#')[0].split('?')[0]))
+    return joined == '..' or joined.startswith('../')
+
+
+def _repo_file_names(repo):
+    """Base names of the repository's files: git's (tracked, and new files it does not ignore) in a git
+    work tree, else every file under `repo` but hidden and build folders."""
+    res = subprocess.run(
+        ['git', '-C', str(repo), 'ls-files', '--cached', '--others', '--exclude-standard'],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode == 0 and res.stdout.strip():
+        return {Path(line).name for line in res.stdout.splitlines()}
+    names = set()
+    for _, dirnames, filenames in os.walk(repo):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.') and d not in _SKIP_DIRS]
+        names.update(filenames)
+    return names
+
+
+def _excerpt(text, start, end, width=40):
+    "The text around `text[start:end]` on its line, with `...` where it was cut."
+    line_start = text.rfind('\n', 0, start) + 1
+    line_end = text.find('\n', end)
+    line_end = len(text) if line_end < 0 else line_end
+    a, b = max(line_start, start - width), min(line_end, end + width)
+    return ('...' if a > line_start else '') + text[a:b].strip() + ('...' if b < line_end else '')
+
+
+def text_reference_problems(text, folder, file_names):
+    """What in `text` (markdown, a comment, a docstring) refers to a file outside the repository: a list
+    of (description, excerpt). `folder` is the text's folder relative to the repo root (posix, '.' at
+    the root); `file_names` the base names of the repo's files. Caught:
+    - a link (`[text](target)`, `src=`/`href=`) whose relative target, read from `folder` (as the docs
+      render it), leaves the repository;
+    - a bare relative path starting with `../` that leaves the repository when read from `folder` (where a
+      notebook runs) or from the root (where commands run);
+    - a mention of the user's documents kept outside (`OUTSIDE_DOCUMENTS`: FACTS.md, DESIGN.md, also
+      without `.md`) or of another upper-case `NAME.md` that no file of the repository has."""
+    found, spans = [], []
+
+    def add(what, m):
+        spans.append(m.span())
+        found.append((what, _excerpt(text, *m.span())))
+
+    for m in _LINK.finditer(text):
+        target = m.group(1) or m.group(2)
+        if re.match(r'[a-zA-Z][\w+.-]*:|#|/', target):  # a URL, an anchor, a site path
+            spans.append(m.span())
+        elif _escapes(folder, target):
+            add(f'link `{target}` leads outside the repository', m)
+        else:
+            spans.append(m.span())
+    for m in _UP_PATH.finditer(text):
+        path = m.group(0).rstrip('.:')
+        if not any(a <= m.start() < b for a, b in spans) and (_escapes(folder, path) or _escapes('.', path)):
+            add(f'path `{path}` points outside the repository', m)
+    for m in _OUTSIDE_NAME.finditer(text):
+        if not any(a <= m.start() < b for a, b in spans):
+            add(f'`{m.group(0)}` is a document outside the repository', m)
+    for m in _MD_FILE_NAME.finditer(text):
+        if m.group(0) not in file_names and not any(a <= m.start() < b for a, b in spans):
+            add(f'`{m.group(0)}` is not a file of the repository', m)
+    return found
+
+
+def _comments_and_docstrings(source):
+    "(kind, text) of each comment and docstring of a code cell (directive lines and magics left out)."
+    parts = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT and not _DIRECTIVE_LINE.match(tok.string):
+                parts.append(('comment', tok.string))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        parts.extend(('comment', l) for l in source.splitlines() if l.lstrip().startswith('#'))
+    parsed = _parse_cell(source)
+    if parsed is not None:
+        for node in ast.walk(parsed[1]):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    parts.append((f'docstring of {node.name}', doc))
+    return parts
+
+
+def outside_reference_problems(repo):
+    """References to files outside the repository in the notebooks (markdown cells, comments and
+    docstrings of code cells; outputs are not read) and in the top-level README.md and DEVELOPERS.md:
+    relative links or paths that leave the repository root, and mentions of documents the repository
+    does not hold (see `text_reference_problems`). Each problem names the file, the cell (numbered from
+    1 among all cells) or line, and the text. Returns a list of problems."""
+    repo = Path(repo).resolve()
+    nbs, _ = project_paths(repo)
+    names = _repo_file_names(repo)
+    fix = 'say what it is in words (the repository must stand alone) or point to a file in it'
+    problems = []
+    for nb_path in notebooks(nbs):
+        rel = nb_path.relative_to(repo).as_posix()
+        folder = nb_path.parent.relative_to(repo).as_posix()
+        try:
+            cells = _cells(nb_path)
+        except ValueError as e:
+            problems.append(f'{rel}: cannot read its cells ({e}); is it valid nbformat JSON?')
+            continue
+        for k, cell in enumerate(cells, 1):
+            source = _source(cell)
+            if cell.get('cell_type') == 'markdown':
+                parts = [('markdown', source)]
+            elif cell.get('cell_type') == 'code':
+                parts = _comments_and_docstrings(source)
+            else:
+                continue
+            for kind, text in parts:
+                for what, excerpt in text_reference_problems(text, folder, names):
+                    problems.append(f'{rel} cell {k} ({kind}): {what}, in "{excerpt}": {fix}')
+    for name in DOC_FILES:
+        path = repo / name
+        if not path.exists():
+            continue
+        for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+            for what, excerpt in text_reference_problems(line, '.', names):
+                problems.append(f'{name} line {n}: {what}, in "{excerpt}": {fix}')
     return problems

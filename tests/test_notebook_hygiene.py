@@ -1,5 +1,6 @@
-"""`sevdino/` is a fresh export of `nbs/`, every notebook is clean (what `nbdev_clean` writes), and
-every executed cell that must show something (a figure, a print, a displayed value) kept its output.
+"""`sevdino/` is a fresh export of `nbs/`, every notebook is clean (what `nbdev_clean` writes), every
+executed cell that must show something (a figure, a print, a displayed value) kept its output, a chapter
+(and its module) imports only earlier chapters, and no text points to a file outside the repository.
 
 The checkers live in `hygiene.py`; the last tests prove that they catch what they are for by
 breaking a small temporary project in each way and asserting the report names the broken file.
@@ -230,3 +231,121 @@ def test_output_check_catches_a_figure_whose_output_was_deleted(tmp_path):
     problems = hygiene.output_problems(project)
     assert len(problems) == 1 and problems[0].startswith(f'nbs/01_synthetic.ipynb cell {k} (first line: '), problems
     assert 'has no output (it draws a figure)' in problems[0]
+
+
+# --- chapters import only earlier chapters --------------------------------------------------------
+
+
+def test_chapters_import_only_earlier_chapters():
+    problems = hygiene.chapter_order_problems(REPO)
+    assert not problems, hygiene.report(problems, 'chapters that import a later chapter')
+
+
+def test_modules_import_only_modules_of_earlier_chapters():
+    problems = hygiene.module_order_problems(REPO)
+    assert not problems, hygiene.report(problems, 'generated modules that import a later chapter')
+
+
+def _later_notebook():
+    "A notebook exporting `sevdino.later`, which may use `sevdino.tiny` (an earlier chapter)."
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = _tiny_notebook().metadata
+    nb.cells = [
+        nbformat.v4.new_markdown_cell('# Later\n\n> A later chapter'),
+        nbformat.v4.new_code_cell('#| default_exp later'),
+        nbformat.v4.new_code_cell('#| export\nfrom sevdino.tiny import double'),
+        nbformat.v4.new_code_cell('#| export\ndef quadruple(x):\n    "Four times `x`."\n    return double(double(x))'),
+    ]
+    return nb
+
+
+def _add_cells(path, *sources):
+    def add(nb):
+        nb['cells'] += [dict(nbformat.v4.new_code_cell(source), id=f'added{i}') for i, source in enumerate(sources)]
+
+    _edit_notebook(path, add)
+
+
+def test_chapter_order_check_catches_an_import_of_a_later_chapter(tiny_project):
+    nbs = tiny_project / 'nbs'
+    nbformat.write(_later_notebook(), nbs / '01_later.ipynb')
+    (nbs / 'tutorials').mkdir()
+    for name in ('index.ipynb', 'tutorials/walk.ipynb'):  # not chapters: they may import anything
+        nb = _tiny_notebook()
+        nb.cells = [nbformat.v4.new_code_cell('from sevdino.later import quadruple')]
+        nbformat.write(nb, nbs / name)
+    assert hygiene.chapter_order_problems(tiny_project) == []
+    _add_cells(
+        nbs / '00_tiny.ipynb',
+        'import importlib\nlater = importlib.import_module("sevdino.later")',  # by name: the plugin way
+        'from fastcore.test import test_eq',
+        'def check():\n    from sevdino.later import quadruple\n\n    test_eq(quadruple(1), 4)',  # cell 8
+    )
+    problems = hygiene.chapter_order_problems(tiny_project)
+    assert problems == [
+        'nbs/00_tiny.ipynb cell 8 imports sevdino.later, exported by the later chapter nbs/01_later.ipynb: '
+        'a chapter may use only earlier ones; move what it needs to an earlier chapter (or this code to a later one)'
+    ], problems
+
+
+def test_module_order_check_catches_a_module_importing_a_later_chapter(tiny_project):
+    nbs = tiny_project / 'nbs'
+    nbformat.write(_later_notebook(), nbs / '01_later.ipynb')
+    _add_cells(
+        nbs / '00_tiny.ipynb', '#| export\ndef eight():\n    from .later import quadruple\n\n    return quadruple(2)'
+    )
+    hygiene._run([hygiene.nbdev_command('nbdev_export')], cwd=tiny_project)
+    tiny_py = (tiny_project / 'sevdino' / 'tiny.py').read_text()
+    line = tiny_py.splitlines().index('    from .later import quadruple') + 1
+    problems = hygiene.module_order_problems(tiny_project)
+    assert problems == [
+        f'sevdino/tiny.py line {line} imports sevdino.later, exported by nbs/01_later.ipynb, a later chapter than '
+        f'its own nbs/00_tiny.ipynb: fix the import in the notebook, then {hygiene.FIX_EXPORT}'
+    ], problems
+    assert len(hygiene.chapter_order_problems(tiny_project)) == 1  # the notebook check sees it too
+
+
+# --- no references to files outside the repository ------------------------------------------------
+
+
+def test_no_references_to_files_outside_the_repository():
+    problems = hygiene.outside_reference_problems(REPO)
+    assert not problems, hygiene.report(problems, 'references to files outside the repository')
+
+
+def test_outside_reference_check_catches_links_paths_and_documents_outside(tiny_project):
+    nb_path = tiny_project / 'nbs' / '00_tiny.ipynb'
+
+    def add(nb):
+        nb['cells'] += [
+            nbformat.v4.new_markdown_cell(  # cell 6
+                'Fine: [the guide](../DEVELOPERS.md), [a site](https://example.org/a/../b), `README.md`, '
+                '[a page](/docs/x.html), [here](#why).\n\nNot fine: the numbers of [the facts](../../shared/FACTS.md).'
+            ),
+            nbformat.v4.new_code_cell(  # cell 7
+                'def f():\n    "As the user\'s design (`../shared/seed`) says."\n'
+                "    return '../a.png'  # a string, not a reference; but DESIGN.md is one"
+            ),
+            nbformat.v4.new_markdown_cell('A probe (FACTS section 4) and NOTES.md.'),  # cell 8
+        ]
+
+    _edit_notebook(nb_path, add)
+    (tiny_project / 'README.md').write_text('# Tiny\n')
+    (tiny_project / 'DEVELOPERS.md').write_text(
+        '# Guide\n\nRead `../shared/DESIGN.md` first; see nbs/ and README.md.\n'
+    )
+    found = [p.split(': say what it is in words')[0] for p in hygiene.outside_reference_problems(tiny_project)]
+    assert found == [
+        'nbs/00_tiny.ipynb cell 6 (markdown): link `../../shared/FACTS.md` leads outside the repository, in '
+        '"Not fine: the numbers of [the facts](../../shared/FACTS.md)."',
+        'nbs/00_tiny.ipynb cell 7 (comment): `DESIGN.md` is a document outside the repository, in '
+        '"# a string, not a reference; but DESIGN.md is one"',
+        'nbs/00_tiny.ipynb cell 7 (docstring of f): path `../shared/seed` points outside the repository, in '
+        '"As the user\'s design (`../shared/seed`) says."',
+        'nbs/00_tiny.ipynb cell 8 (markdown): `FACTS` is a document outside the repository, in '
+        '"A probe (FACTS section 4) and NOTES.md."',
+        'nbs/00_tiny.ipynb cell 8 (markdown): `NOTES.md` is not a file of the repository, in '
+        '"A probe (FACTS section 4) and NOTES.md."',
+        'DEVELOPERS.md line 3: path `../shared/DESIGN.md` points outside the repository, in '
+        '"Read `../shared/DESIGN.md` first; see nbs/ and README.md."',
+    ], found

@@ -313,7 +313,7 @@ def test_config_with_unknown_keys_or_impossible_values(finished_run, data, tmp_p
 
     impossible = _copy_run(finished_run, tmp_path / 'impossible')
     config = json.loads((impossible / 'config.json').read_text())
-    config['aug_ratio'] = 1.5
+    config['settings']['aug_ratio'] = 1.5  # a model setting: config.json keeps them under 'settings'
     (impossible / 'config.json').write_text(json.dumps(config))
     code, out = sevdino('evaluate', '--run', impossible, '--data', data, '--quiet')
     assert code == 2 and 'aug_ratio=1.5' in out, out
