@@ -8,11 +8,12 @@ __all__ = ['SETTING_DEST', 'REQUIRED_SETTINGS', 'COMMANDS', 'flag_name', 'model_
            'config_from_args', 'add_demo_args', 'cmd_demo', 'add_make_dataset_args', 'cmd_make_dataset',
            'add_train_args', 'cmd_train', 'add_evaluate_args', 'cmd_evaluate', 'add_predict_args', 'cmd_predict',
            'add_ablate_args', 'ablation_axes_from_args', 'cmd_ablate', 'add_compare_args', 'cmd_compare',
-           'add_bench_args', 'cmd_bench', 'HelpFormatter', 'build_parser', 'user_errors', 'main']
+           'add_bench_args', 'cmd_bench', 'HelpFormatter', 'build_parser', 'user_errors', 'error_line', 'main']
 
 # %% ../nbs/14_cli.ipynb #915b8fe7
 import argparse
 import json
+import os
 import sys
 import textwrap
 import time
@@ -155,7 +156,7 @@ REQUIRED_SETTINGS = ('data', 'out')  # what a command line must give (unless a -
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, required: str = 'required') -> argparse.ArgumentParser:
-    "Add `--model` and a flag for every setting of `setting_readers` to `parser`, in groups 'run settings', '<model> settings' (in `model_order`); the help of `REQUIRED_SETTINGS` says `required`. Returns `parser`; only typed flags appear in the parsed args (`typed_settings`)."
+    "Add `--model` and a flag for every setting of `setting_readers` to `parser`, in groups 'run settings' and one per model, named after it (in `model_order`); the help of `REQUIRED_SETTINGS` says `required`. Returns `parser`; only typed flags appear in the parsed args (`typed_settings`)."
     from sevdino.core import model_entry
     from sevdino.train import TrainConfig
 
@@ -300,7 +301,10 @@ def add_evaluate_args(parser):
     parser.add_argument('--run', required=True)
     parser.add_argument('--data', required=True)
     parser.add_argument('--domain')
-    parser.add_argument('--out', help='metrics file (default RUN/metrics.json)')
+    parser.add_argument(
+        '--out',
+        help='metrics file or folder (default: RUN/ for the data and domain it trained on, RUN/domains/DOMAIN/ for another domain, RUN/datasets/NAME-HASH/DOMAIN/ for another dataset)',
+    )
     parser.add_argument('--quiet', action='store_true')
 
 
@@ -523,13 +527,21 @@ def build_parser(command: str = None) -> argparse.ArgumentParser:
 
 # %% ../nbs/14_cli.ipynb #5d60e404
 def user_errors() -> tuple:
-    "The exceptions a user can fix, reported in one line with exit code 2: bad settings, images or weights, a training that cannot go on, missing files."
+    "The exceptions a user can fix, reported in one line with exit code 2: bad settings, images or weights, a training that cannot go on, and what the operating system refuses (`OSError`: a missing file, no space left, a read-only folder, a path of the wrong kind)."
     from sevdino.core import ConfigError
     from sevdino.data import ImageError
     from sevdino.encoder import WeightsError
     from sevdino.train import TrainingError
 
-    return (ConfigError, ImageError, WeightsError, TrainingError, FileNotFoundError, NotADirectoryError)
+    return (ConfigError, ImageError, WeightsError, TrainingError, OSError)
+
+
+def error_line(error: Exception) -> str:
+    "The one line that reports a user's error: an `OSError` as 'path: the system's reason', anything else as its message."
+    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
+        line = f'{error.filename}: {error.strerror or os.strerror(error.errno)}'
+        return line + (f' ({error.filename2})' if error.filename2 is not None else '')
+    return str(error)
 
 
 def main(argv=None) -> int:
@@ -543,8 +555,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser(command).parse_args(argv)
         COMMANDS[command][2](args)
-    except errors as e:
-        print(f'sevdino {command}: error: {e}', file=sys.stderr)
+    except errors as e:  # KeyboardInterrupt and our own bugs (TypeError, ...) keep their tracebacks
+        print(f'sevdino {command}: error: {error_line(e)}', file=sys.stderr)
         return 2
     return 0
 

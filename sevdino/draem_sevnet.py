@@ -47,7 +47,7 @@ from .severity import SeverityHead
 from .synthetic import perlin_noise
 from .train import TrainConfig
 from .ablation import FIGURE_DPI, _folder_name, ablation_markdown, run_grid, summarize
-from .evaluate import heldout_metrics
+from .evaluate import evaluation_folder, heldout_metrics
 from .metrics import MetricWarning
 
 # %% ../nbs/10_draem_sevnet.ipynb #70ce798a
@@ -654,12 +654,14 @@ def comparison_cells(draem_width: int = CPU_WIDTH) -> dict:
     }
 
 
-def _plain_heldout(run, domain, trained_domain, families) -> float:
-    "Held-out score Spearman of a run without head over the shapes `families` leaves out, from its predictions.csv."
-    folder = Path(run) if domain in ('', None, trained_domain) else Path(run) / 'domains' / str(domain)
+def _plain_heldout(run, base: TrainConfig, domain) -> float:
+    "Held-out score Spearman of a run without head over the shapes `base.families` leaves out, from the predictions.csv of its evaluation on `domain` (where `evaluate_run` put it)."
+    folder = evaluation_folder(run, base, base.data, domain or None)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', MetricWarning)
-        return heldout_metrics(pd.read_csv(folder / 'predictions.csv'), list(families))['heldout_score_truth_spearman']
+        return heldout_metrics(pd.read_csv(folder / 'predictions.csv'), list(base.families))[
+            'heldout_score_truth_spearman'
+        ]
 
 
 def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig) -> pd.DataFrame:
@@ -671,7 +673,7 @@ def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig) -> pd.Data
     heldout = results.get('heldout_severity_spearman', nan).copy()
     for i, row in results[heldout.isna()].iterrows():
         run = Path(out) / 'runs' / _folder_name(row.cell) / f'seed-{row.seed}'
-        heldout[i] = _plain_heldout(run, row.domain, base.domain, base.families)
+        heldout[i] = _plain_heldout(run, base, row.domain)
     results['heldout_severity_rank'] = heldout
     return results
 
@@ -693,10 +695,14 @@ def plot_comparison(results: pd.DataFrame, metrics=('image_auroc', 'severity_ran
 def compare(
     base: TrainConfig, out, seeds=(0, 1), eval_domains=None, draem_width: int = CPU_WIDTH, progress: bool = True
 ) -> dict:
-    "Train and evaluate SeverityDinomaly, plain Dinomaly and DRAEM-SevNet like `base` (resumable); write `comparison.csv`, `comparison.md` and `comparison.png` in `out`."
+    """Train and evaluate SeverityDinomaly, plain Dinomaly and DRAEM-SevNet like `base` (resumable; a finished run is
+    reused only for the same settings, and evaluated on the domains it lacks: `run_grid`); write `comparison.csv`,
+    `comparison.md` and `comparison.png` in `out`."""
     out = Path(out)
     results = with_severity_rank(
-        run_grid(base, comparison_cells(draem_width), out, seeds, eval_domains, progress), out, base
+        run_grid(base, comparison_cells(draem_width), out, seeds, eval_domains, progress, label='comparison cell'),
+        out,
+        base,
     )
     atomic_write(out / 'comparison.csv', lambda tmp: results.to_csv(tmp, index=False))
     summary = summarize(results, COMPARE_METRICS)

@@ -4,16 +4,20 @@
 
 # %% auto #0
 __all__ = ['ANNOTATION_COLUMNS', 'LEVEL_BUTTONS', 'AnnotationError', 'AnnotationWarning', 'answer_cells', 'SeverityAnnotations',
-           'images_to_annotate', 'to_uint8', 'map_overlay', 'png_bytes', 'predict_image', 'shared_map_range', 'spread',
-           'describe', 'close_widget', 'AnnotationTool', 'annotation_tool', 'Explorer', 'explorer']
+           'release_annotations', 'images_to_annotate', 'to_uint8', 'map_overlay', 'png_bytes', 'predict_image',
+           'shared_map_range', 'spread', 'describe', 'close_widget', 'AnnotationTool', 'annotation_tool', 'Explorer',
+           'explorer']
 
 # %% ../nbs/11_widgets.ipynb #9c95cc5c
 import csv
+import fcntl
 import html
 import io
 import math
 import os
+import re
 import warnings
+import weakref
 from pathlib import Path
 
 # %% ../nbs/11_widgets.ipynb #7a19415d
@@ -27,7 +31,7 @@ from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
 # %% ../nbs/11_widgets.ipynb #d13cc898
-from .core import atomic_write, model_device
+from .core import TEMP_SUFFIX, atomic_write, model_device
 from .augment import FAULT_FAMILIES
 from .data import IMAGE_EXTENSIONS, PATCH_SIZE, SEVERITY_BANDS, FolderDataset, ImageError, SeverityLabel
 from .data import dataset_float_range, find_domains, read_array, read_image, resize_image, severity_level
@@ -120,24 +124,91 @@ def _atomic_replace(path, text):
 
     atomic_write(path, write)
 
+# %% ../nbs/11_widgets.ipynb #f0a7756a
+def _flock(lock_path):
+    """`(fd, None)` with an exclusive `flock` held on `lock_path` (created if missing; this process's pid written in it), or
+    `(None, the holder's pid as text)` when another open file holds it. The kernel drops the lock when the fd is closed or
+    its process dies, however it dies."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError as error:
+            try:
+                fd = os.open(lock_path, os.O_RDONLY)  # another user's lock file: it can be locked, not written
+            except FileNotFoundError:
+                raise error from None  # a folder this user cannot write in
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode('ascii', 'replace').strip()
+            os.close(fd)
+            return None, holder
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+            except OSError:
+                pass  # opened read-only: the lock holds all the same, only without the pid
+            return fd, None
+        os.close(fd)  # its holder removed the file while this one opened it: lock the file there now
+
+
+def _unflock(fd, lock_path):
+    "Remove the lock file while still holding it (so no one can lock a removed file), then release the lock."
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+            os.unlink(lock_path)
+    except OSError:
+        pass  # a read-only folder: the file stays, unlocked
+    os.close(fd)
+
+
+def _remove_killed_rewrites(csv_path):
+    "Remove the temporary files of rewrites of `csv_path` (by `atomic_write`) that a killed writer left; its writer calls this."
+    name = re.compile(re.escape(f'.{csv_path.name}.') + '[0-9a-f]{8}' + re.escape(TEMP_SUFFIX) + '$')
+    try:
+        for path in csv_path.parent.iterdir():
+            if name.match(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+    except OSError:
+        pass  # left for a later writer: the CSV itself is whole either way
+
+
+_WRITERS = weakref.WeakValueDictionary()  # lock file (real path) -> the SeverityAnnotations of this process holding it
+
 # %% ../nbs/11_widgets.ipynb #3a3a7a31
 class SeverityAnnotations:
     """The expert's answers in a severity CSV (`path,severity,level`, paths relative to `root`, default the CSV's folder),
     the format `FolderDataset` reads. `record` appends the answer's line with one write and fsyncs it before returning;
     creating the file, changing an answer or putting a file in form rewrites the whole file atomically. On opening, a
     last line cut by a crash is dropped with a warning, and a path answered twice keeps its last answer.
-    `answered`: {path relative to root: `SeverityLabel`}. One writer at a time."""
+    `answered`: {path relative to root: `SeverityLabel`}. One writer per file: the first one open holds a lock on it
+    (`.<name>.lock` beside it) until `close()` (or a `with` block's end, or its process's end); any other opens read-only
+    (`writable` False, `notice` says why, with a warning) and `record` refuses there until the lock is free."""
 
     def __init__(self, csv_path, root=None):
         self.csv_path = Path(csv_path)
         self.root = Path(root) if root is not None else self.csv_path.parent
         if self.csv_path.is_dir():
             raise AnnotationError(f'{self.csv_path}: is a folder; give the path of a CSV file')
-        self.answered, self._rows = {}, {}
-        self._has_header = False
-        self._canonical = True  # header path,severity,level and one complete line per path: new answers can be appended
-        if self.csv_path.exists():
-            self._load()
+        self._lock_path = self.csv_path.parent / f'.{self.csv_path.name}.lock'
+        self._lock, self.notice, self.closed = None, '', False
+        if self.csv_path.parent.is_dir():  # else nothing to lock yet: the first answer makes the folder and locks
+            self._acquire()
+        try:
+            self._read()
+        except BaseException:
+            self.close()
+            raise
+        if self.notice:
+            warnings.warn(self.notice, AnnotationWarning, stacklevel=2)
 
     def key(self, path):
         "The name `path` (a file path) has in the CSV: relative to `root`, '/'-separated; `AnnotationError` for a file outside `root`."
@@ -166,7 +237,97 @@ class SeverityAnnotations:
         return self.answered.get(self.key(path))
 
     def __repr__(self):
-        return f'SeverityAnnotations({str(self.csv_path)!r}, root={str(self.root)!r}, {len(self)} answered)'
+        state = ', closed' if self.closed else ', read-only' if self.notice else ''
+        return f'SeverityAnnotations({str(self.csv_path)!r}, root={str(self.root)!r}, {len(self)} answered{state})'
+
+# %% ../nbs/11_widgets.ipynb #0546a880
+@patch(as_prop=True)
+def writable(self: SeverityAnnotations):
+    "True while this one holds the file's lock (the only one that may write it)."
+    return self._lock is not None
+
+
+@patch
+def _acquire(self: SeverityAnnotations):
+    "Take the file's lock if it is free (True); else `notice` says who holds it, and this one stays read-only."
+    try:
+        self._lock, holder = _flock(self._lock_path)
+    except OSError as e:
+        self.notice = f'{self.csv_path}: cannot lock it ({self._lock_path}: {e.strerror or e}); this one is read-only'
+        return False
+    if self._lock is None:
+        here = holder == str(os.getpid())
+        how = f'its close(), or release_annotations({str(self.csv_path)!r})' if here else 'or end its process'
+        self.notice = (
+            f'another annotation tool is writing {self.csv_path} (pid {holder or "unknown"}{", this process" if here else ""}); '
+            f'this one is read-only: close that one ({how}) to answer here'
+        )
+        return False
+    self.notice = ''
+    _WRITERS[os.path.realpath(self._lock_path)] = self
+    _remove_killed_rewrites(self.csv_path)  # no other writer: a temporary file of this CSV is a killed rewrite's
+    return True
+
+
+@patch
+def _read(self: SeverityAnnotations):
+    "(Re)read the file: every answer as its last writer left it."
+    self.answered, self._rows = {}, {}
+    self._has_header = False
+    self._canonical = True  # header path,severity,level and one complete line per path: new answers can be appended
+    if self.csv_path.exists():
+        self._load()
+
+# %% ../nbs/11_widgets.ipynb #1383a512
+@patch
+def _take_lock(self: SeverityAnnotations, key):
+    "Become the file's writer, with every answer now in it; `AnnotationError` (nothing written) while another one writes."
+    if self.closed:
+        raise AnnotationError(f'{self.csv_path}: closed; open it again to answer (the answer for {key} is not saved)')
+    self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+    if not self._acquire():
+        raise AnnotationError(f'{self.notice}; the answer for {key} is not saved')
+    self._read()
+
+
+@patch
+def close(self: SeverityAnnotations):
+    "Release the file's lock (another tool can then write it); this one answers no more. Also at a `with` block's end."
+    lock, self._lock, self.closed = getattr(self, '_lock', None), None, True
+    if lock is not None:
+        key = os.path.realpath(self._lock_path)
+        if _WRITERS.get(key) is self:
+            del _WRITERS[key]
+        _unflock(lock, self._lock_path)
+
+
+@patch
+def __enter__(self: SeverityAnnotations):
+    return self
+
+
+@patch
+def __exit__(self: SeverityAnnotations, *exc):
+    self.close()
+
+
+@patch
+def __del__(self: SeverityAnnotations):
+    try:
+        self.close()
+    except Exception:  # at interpreter exit, when the module's names are already gone; the kernel drops the lock anyway
+        pass
+
+
+def release_annotations(csv_path):
+    """Close this process's writer of `csv_path` (a `SeverityAnnotations`, or the tool's, e.g. of a notebook cell since run
+    again, out of reach), so that another one can write; True if there was one. Another process's writer is its own."""
+    path = Path(csv_path)
+    writer = _WRITERS.get(os.path.realpath(path.parent / f'.{path.name}.lock'))
+    if writer is None:
+        return False
+    writer.close()
+    return True
 
 # %% ../nbs/11_widgets.ipynb #a0206e23
 @patch
@@ -239,7 +400,8 @@ def _load(self: SeverityAnnotations):
 def _mend_tail(self: SeverityAnnotations, tail, header, number, offset):
     """A last line without its line end: kept (the line end added) when it is whole, else cut off. In the tool's own form
     a row is whole only with its level (the tool writes it last, so a cut row lacks it); a file in another form was never
-    appended to by the tool, so any row that reads is whole (a hand-written file may just lack its last line end)."""
+    appended to by the tool, so any row that reads is whole (a hand-written file may just lack its last line end).
+    Read-only, the file is left as it is (its writer mends it): a whole row is read, a cut one is not."""
     row = next(csv.reader([tail.rstrip('\r')]), [])
     try:
         if header is None:
@@ -253,6 +415,16 @@ def _mend_tail(self: SeverityAnnotations, tail, header, number, offset):
                 key, cells = self._row(row, header, number)
     except AnnotationError:
         whole = False
+    if not self.writable:
+        if whole and header is not None:
+            self._keep(key, cells)
+        elif not whole:
+            warnings.warn(
+                f'{self.csv_path}: line {number} {tail!r} is incomplete (being written, or cut by a crash); not read here',
+                AnnotationWarning,
+                stacklevel=4,
+            )
+        return
     if whole:
         warnings.warn(
             f'{self.csv_path}: line {number} {tail!r} had no line end; kept, line end added',
@@ -296,9 +468,12 @@ def next_unanswered(self: SeverityAnnotations, paths, start=0):
 def record(self: SeverityAnnotations, path, severity, level=None):
     """Save the answer for the image `path` (see `answer_cells`: a severity >= 0, or None with a level, -1 for "cannot tell")
     durably before returning its `SeverityLabel`: a new image's line is appended (one write, then fsync); a changed answer,
-    or a file not in the tool's form, rewrites the whole file atomically."""
+    or a file not in the tool's form, rewrites the whole file atomically. Read-only (another tool writes the file),
+    `AnnotationError` saying so, unless the lock is free by now: then this one takes it and re-reads the file first."""
     key = self.key(path)
     cells = list(answer_cells(severity, level, where=f'{self.csv_path}: answer for {key}'))
+    if not self.writable:
+        self._take_lock(key)
     if self._rows.get(key) == cells:
         return self.answered[key]
     if self._has_header and self._canonical and key not in self._rows:
@@ -479,7 +654,8 @@ def close_widget(widget):
 class AnnotationTool(widgets.VBox):
     """The expert's screen for `paths`, saving into `annotations` (`SeverityAnnotations`). With a `model` (and its `image_size`),
     its anomaly map is shown beside each image on one colour scale (`map_range`, default from a few images of `paths`);
-    its severity only with `show_model_severity`. Answer with `answer(severity, level=None)` or the buttons."""
+    its severity only with `show_model_severity`. Answer with `answer(severity, level=None)` or the buttons (read-only
+    `annotations`: their notice on top, and no answer saved)."""
 
     def __init__(
         self,
@@ -525,14 +701,13 @@ class AnnotationTool(widgets.VBox):
         self.show(len(self.paths) - 1 if first is None else self.paths.index(first))
 
     def close(self):
-        "Close the tool and every widget in it (ipywidgets' own `close` leaves the children open)."
+        "Close the tool, every widget in it (ipywidgets' own `close` leaves the children open) and its `annotations` (their lock)."
         try:
             close_widget(self)
-        except (NameError, TypeError):
-            super().close()  # at interpreter exit, when the module's names are already gone
-
-    def __repr__(self):
-        return f'AnnotationTool({len(self.paths)} images, {len(self.annotations)} answered, csv={str(self.annotations.csv_path)!r})'
+            if getattr(self, 'annotations', None) is not None:
+                self.annotations.close()  # another tool can write the file now
+        except (NameError, TypeError, AttributeError):
+            super().close()  # at interpreter exit, when the module's names are gone (the kernel drops the lock)
 
 # %% ../nbs/11_widgets.ipynb #ef2ccd97
 @patch
@@ -572,6 +747,11 @@ def path(self: AnnotationTool):
 def done(self: AnnotationTool):
     return all(p in self.annotations for p in self.paths)
 
+
+@patch
+def __repr__(self: AnnotationTool):
+    return f'AnnotationTool({len(self.paths)} images, {len(self.annotations)} answered, csv={str(self.annotations.csv_path)!r})'
+
 # %% ../nbs/11_widgets.ipynb #d5c363d4
 @patch
 def _view(self: AnnotationTool, path):
@@ -600,6 +780,10 @@ def show(self: AnnotationTool, index):
         f'<b>{self.index + 1} / {len(self.paths)}</b> &nbsp; <code>{html.escape(key)}</code> &nbsp; '
         f'{count} answered{banner}'
     )
+    if self.annotations.notice:
+        self.title.value += (
+            f'<br><span style="color:#b00"><b>read-only</b>: {html.escape(self.annotations.notice)}</span>'
+        )
     self.slider.value = label.severity if label is not None and math.isfinite(label.severity) else 0.0
     self.back_button.disabled, self.next_button.disabled = self.index == 0, self.index == len(self.paths) - 1
     try:
