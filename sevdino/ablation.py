@@ -21,9 +21,10 @@ from matplotlib.figure import Figure
 
 # %% ../nbs/09_ablation.ipynb #c18a374c
 from .core import ConfigError, atomic_write, atomic_write_text, parse_value
+from .data import domain_names, find_domains
 from .evaluate import evaluate_run
 from .report import FIGURE_DPI
-from .train import TrainConfig, fit
+from .train import TrainConfig, check_memory, fit
 
 # %% ../nbs/09_ablation.ipynb #f4f7e7de
 ABLATION_AXES = {
@@ -127,8 +128,9 @@ def settings_changes(recorded: TrainConfig, wanted: TrainConfig) -> list:
     change, e.g. `warmup_steps` of `steps`); `float_range` only when `wanted` sets one (training fills it in)."""
     old, new = _by_name(recorded, True), _by_name(wanted, True)
     old_given, new_given = _by_name(recorded, False), _by_name(wanted, False)
-    if new.get('float_range') is None:
-        old.pop('float_range', None), new.pop('float_range', None)
+    for filled_in in ('float_range', 'float_ranges'):
+        if new.get(filled_in) is None:
+            old.pop(filled_in, None), new.pop(filled_in, None)
     return [
         f'{k} {value_label(old.get(k))} -> {value_label(new.get(k))}'
         for k in [*new, *(k for k in old if k not in new)]
@@ -163,11 +165,13 @@ def _result_rows(run: Path) -> dict:
 
 def run_cell(config: TrainConfig, eval_domains=None, progress: bool = False, train=fit, evaluate=evaluate_run) -> list:
     """Train (or resume) and evaluate one run; returns one dict of scalar metrics per domain of `eval_domains` (default
-    the training domain), kept in `RUN/result.json`. A finished run evaluates only the domains its `result.json` lacks
+    each domain it trained on), kept in `RUN/result.json`. A finished run evaluates only the domains its `result.json` lacks
     and adds them; a run folder recorded with other settings is refused (`check_cell`), never relabelled."""
     run = Path(config.out)
     check_cell(config)
-    wanted = [d if d is not None else '' for d in (eval_domains or [config.domain])]
+    # by default each domain the run trained on, one at a time (a run on several is never judged on their mixture)
+    names = eval_domains or domain_names(config.domain) or list(find_domains(config.data))
+    wanted = [d if d is not None else '' for d in names]
     done = _result_rows(run)
     if not done and not (run / 'model.safetensors').exists():
         train(config, resume=(run / 'config.json').exists(), progress=progress)
@@ -198,7 +202,7 @@ def run_grid(
 ) -> pd.DataFrame:
     """Train and evaluate every (cell, seed) under `out/runs/`, skipping finished runs (and evaluating only the domains
     they lack); returns (and writes `out/results.csv`) one row per run and domain. Every cell is checked first
-    (`check_cell`): a run folder recorded with other settings stops the grid before anything, `plan.json` included, is
+    (settings, `check_cell`, `check_memory`): a cell too big for the machine, or a run folder recorded with other settings, stops the grid before anything, `plan.json` included, is
     written; its line names the cell (`label`, the cell's name) and the run folder."""
     out = Path(out)
     axes = sorted({axis for overrides in cells.values() for axis in overrides})
@@ -209,6 +213,9 @@ def run_grid(
             try:
                 plan[name, seed] = base.replace(**overrides, seed=seed, out=str(run)).validate()
                 check_cell(plan[name, seed])
+                check_memory(
+                    plan[name, seed]
+                )  # a cell too big for this machine fails now, not after the others trained
             except ConfigError as e:
                 raise ConfigError(f'{label} {name}: {e}') from None
     atomic_write_text(

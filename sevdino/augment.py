@@ -50,9 +50,10 @@ def _as_severity(severity, batch_size, where):
 
 # %% ../nbs/02_augment.ipynb #9e841a76
 def _calibrate_amplitude(clean, drive, severity, max_amplitude=1.0, steps=10, tol=1e-3):
-    "Amplitude a (B,) in [0, max_amplitude] with `100 * mean|clip(clean + a * drive, 0, 1) - clean| = severity` where reachable."
+    """Amplitude a (B,) in [0, max_amplitude] with `100 * mean|bounded(clean + a * drive) - clean| = severity` where
+    reachable; `bounded` keeps each pixel in [min(0, clean), max(1, clean)] (`_bounded`)."""
     speed = drive.abs()
-    room = torch.where(drive > 0, 1 - clean, clean)
+    room = torch.where(drive > 0, (1 - clean).clamp_min(0), clean.clamp_min(0))
     target = severity.to(clean.device, torch.float32)
     amplitude = torch.zeros_like(target)
     for _ in range(steps):
@@ -67,12 +68,19 @@ def _calibrate_amplitude(clean, drive, severity, max_amplitude=1.0, steps=10, to
     return amplitude
 
 
+def _bounded(faulty, clean):
+    """`faulty` kept in [min(0, clean), max(1, clean)] per pixel: a fault moves a pixel no further than the unit range,
+    while the values of an unclipped float map beyond that range (a normal map above its training maximum) stay as they
+    are. For images in [0, 1] this is the clip to [0, 1]."""
+    return torch.minimum(torch.maximum(faulty, clean.clamp(max=0)), clean.clamp(min=1))
+
+
 def _apply(images, profile, direction, severity, max_amplitude=1.0):
     "Faulty images, masks and realised severities for a fault shape `profile` (B,1,H,W) pushed along `direction` (B,C,H,W)."
     clean = images.float()
     drive = profile * direction
     amplitude = _calibrate_amplitude(clean, drive, severity, max_amplitude)
-    faulty = (clean + amplitude[:, None, None, None] * drive).clamp(0, 1).to(images.dtype)
+    faulty = _bounded(clean + amplitude[:, None, None, None] * drive, clean).to(images.dtype)
     masks = ((profile > 0) & (amplitude[:, None, None, None] > 0)).float()
     realised = severity_of_change(images, faulty).float().cpu()
     return faulty, masks, realised

@@ -276,7 +276,7 @@ def cmd_make_dataset(args):
 # %% ../nbs/14_cli.ipynb #142fc302
 def add_train_args(parser):
     "Options of `sevdino train`: `--config`, `--resume`, `--quiet` and a flag per setting (`add_setting_flags`)."
-    parser.usage = '%(prog)s [--config RUN/config.json] [--resume] [--quiet] [--SETTING VALUE ...]'
+    parser.usage = '%(prog)s [--config RUN/config.json] [--resume] [--quiet] [--print-config] [--SETTING VALUE ...]'
     parser.add_argument(
         '--config',
         metavar='RUN/config.json',
@@ -284,6 +284,11 @@ def add_train_args(parser):
     )
     parser.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument(
+        '--print-config',
+        action='store_true',
+        help='print the resolved settings as JSON (as config.json will hold them) and exit without training',
+    )
     return add_setting_flags(parser, required='required unless --config gives it')
 
 
@@ -291,8 +296,12 @@ def cmd_train(args):
     "`sevdino train`: train a model into a run folder (or resume it)."
     from sevdino.train import fit
 
+    config = config_from_args(args)
+    if args.print_config:  # float_range null: taken from the training images when the run starts
+        print(json.dumps(config.resolved().to_dict(), indent=2))
+        return
     start = time.time()
-    run = fit(config_from_args(args), resume=args.resume, progress=not args.quiet)
+    run = fit(config, resume=args.resume, progress=not args.quiet)
     print(f'trained {run} in {time.time() - start:.0f} s')
 
 
@@ -300,7 +309,10 @@ def add_evaluate_args(parser):
     "Options of `sevdino evaluate`."
     parser.add_argument('--run', required=True)
     parser.add_argument('--data', required=True)
-    parser.add_argument('--domain')
+    parser.add_argument(
+        '--domain',
+        help='the domain to test (default: those the run trained on; several comma-separated: each, one table)',
+    )
     parser.add_argument(
         '--out',
         help='metrics file or folder (default: RUN/ for the data and domain it trained on, RUN/domains/DOMAIN/ for another domain, RUN/datasets/NAME-HASH/DOMAIN/ for another dataset)',
@@ -310,8 +322,21 @@ def add_evaluate_args(parser):
 
 def cmd_evaluate(args):
     "`sevdino evaluate`: metrics, predictions, figures and report of a run on a dataset."
-    from sevdino.evaluate import evaluate_run
+    from sevdino.core import ConfigError
+    from sevdino.data import domain_names
+    from sevdino.evaluate import domains_markdown, evaluate_domains, evaluate_run
+    from sevdino.train import read_config
 
+    config_file = Path(args.run) / 'config.json'
+    trained = domain_names(read_config(config_file).domain) if config_file.is_file() else None  # else: load_run says
+    wanted = domain_names(args.domain) if args.domain else trained
+    if wanted and len(wanted) > 1:  # several domains: each on its own, one table
+        if args.out:
+            raise ConfigError(f'--out {args.out}: give it with one --domain; several go to RUN/domains/<domain>/')
+        table = evaluate_domains(args.run, args.data, wanted, progress=not args.quiet)
+        print(domains_markdown(table))
+        print(f'wrote {table.attrs["summary"]} and a folder per domain beside it')
+        return
     metrics = evaluate_run(args.run, args.data, domain=args.domain, out=args.out, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
 
@@ -321,23 +346,47 @@ def add_predict_args(parser):
     parser.add_argument('--run', required=True)
     parser.add_argument('images', nargs='+')
     parser.add_argument('--out', help='CSV file (default: print a table)')
+    parser.add_argument(
+        '--domain', help="the images' domain, for a run on several domains of float maps (each has its own range)"
+    )
 
 
 def cmd_predict(args):
-    "`sevdino predict`: anomaly score and severity of image files, as CSV."
+    """`sevdino predict`: anomaly score, severity and decision of image files, as CSV. `faulty` is 1 when the score reaches
+    the run's decision threshold (`RUN/threshold.json`, set on held-out normal training images), else 0; empty for a run
+    without one (a note on stderr says so)."""
+    from sevdino.core import ConfigError, atomic_write_text, check_prediction
     from sevdino.data import read_image, resize_image
-    from sevdino.train import load_run
+    from sevdino.train import load_run, read_threshold
 
     model, config = load_run(args.run)
+    threshold = read_threshold(args.run)
+    float_range = config.float_range
+    if config.float_ranges:  # a run on several domains: the images are read with their domain's range
+        if args.domain not in config.float_ranges:
+            raise ConfigError(
+                f'{args.run} trained on domains {", ".join(config.float_ranges)}, each with its own float range: '
+                f"give the images' domain with --domain ({'got ' + repr(args.domain) if args.domain else 'none given'})"
+            )
+        float_range = tuple(config.float_ranges[args.domain])
     rows = []
     for path in args.images:
-        image = resize_image(read_image(path, float_range=config.float_range), tuple(config.image_size))
+        image = read_image(path, float_range=float_range, clip=config.float_clip)
+        image = resize_image(image, tuple(config.image_size))
         pred = model.predict(image[None])
+        check_prediction(pred, [path])
         severity = float(pred.severity[0]) if getattr(pred, 'severity', None) is not None else float('nan')
-        rows.append((path, float(pred.score[0]), severity))
-    lines = ['path,score,severity'] + [f'{p},{s:.6f},{v:.4f}' for p, s, v in rows]
+        score = float(pred.score[0])
+        faulty = '' if threshold is None else str(int(score >= threshold['threshold']))
+        rows.append((path, score, severity, faulty))
+    lines = ['path,score,severity,faulty'] + [f'{p},{s:.6f},{v:.4f},{f}' for p, s, v, f in rows]
+    if threshold is None:  # only once every image is read: an error stays the command's one line
+        print(
+            f'note: {args.run} has no decision threshold (threshold_holdout 0, or an earlier version); faulty left empty',
+            file=sys.stderr,
+        )
     if args.out:
-        Path(args.out).write_text('\n'.join(lines) + '\n')
+        atomic_write_text(args.out, '\n'.join(lines) + '\n')
         print(f'wrote {args.out}')
     else:
         print('\n'.join(lines))
@@ -527,13 +576,13 @@ def build_parser(command: str = None) -> argparse.ArgumentParser:
 
 # %% ../nbs/14_cli.ipynb #5d60e404
 def user_errors() -> tuple:
-    "The exceptions a user can fix, reported in one line with exit code 2: bad settings, images or weights, a training that cannot go on, and what the operating system refuses (`OSError`: a missing file, no space left, a read-only folder, a path of the wrong kind)."
-    from sevdino.core import ConfigError
+    "The exceptions a user can fix, reported in one line with exit code 2: bad settings, images or weights, a model output that is not finite, a training that cannot go on, and what the operating system refuses (`OSError`: a missing file, no space left, a read-only folder, a path of the wrong kind)."
+    from sevdino.core import ConfigError, PredictionError
     from sevdino.data import ImageError
     from sevdino.encoder import WeightsError
     from sevdino.train import TrainingError
 
-    return (ConfigError, ImageError, WeightsError, TrainingError, OSError)
+    return (ConfigError, ImageError, WeightsError, TrainingError, PredictionError, OSError)
 
 
 def error_line(error: Exception) -> str:

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['TEMP_SUFFIX', 'LOCK_FILE', 'BUILTIN_MODEL_MODULES', 'PLUGINS_VARIABLE', 'ENTRY_POINT_GROUP', 'fsync_folder',
-           'atomic_write', 'atomic_write_text', 'Prediction', 'evaluating', 'model_device', 'uniform', 'is_grey',
-           'centre_squares', 'ConfigError', 'setting', 'at_least', 'between', 'type_label', 'coerce', 'parse_value',
-           'Settings', 'is_temporary', 'remove_temporary_files', 'run_lock', 'Model', 'ModelEntry', 'register_model',
-           'import_model_module', 'load_models', 'model_names', 'model_entry']
+           'atomic_write', 'atomic_write_text', 'Prediction', 'evaluating', 'model_device', 'PredictionError',
+           'check_prediction', 'uniform', 'is_grey', 'centre_squares', 'ConfigError', 'setting', 'at_least', 'between',
+           'type_label', 'coerce', 'parse_value', 'Settings', 'is_temporary', 'remove_temporary_files', 'run_lock',
+           'Model', 'ModelEntry', 'register_model', 'import_model_module', 'load_models', 'model_names', 'model_entry']
 
 # %% ../nbs/00_core.ipynb #fdb3e139
 import dataclasses
@@ -112,6 +112,28 @@ def model_device(model) -> torch.device:
     for tensor in [*getattr(model, 'parameters', tuple)(), *getattr(model, 'buffers', tuple)()]:
         return tensor.device
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #5c78bd0a
+class PredictionError(ValueError):
+    "A model output that cannot be reported: a NaN or infinite score, map or severity; the message names the image."
+
+
+def check_prediction(prediction: Prediction, paths) -> None:
+    """`PredictionError` naming the first of `paths` (one per image of the batch) whose score, anomaly map or severity is
+    not finite. Finite weights can still give NaN or inf on an input far outside the range they trained on; a table or
+    CSV of such values would read as numbers, so every reader of predictions refuses them here."""
+    outputs = {'score': prediction.score, 'anomaly map': prediction.anomaly_map, 'severity': prediction.severity}
+    for what, value in outputs.items():
+        if value is None:
+            continue
+        finite = torch.isfinite(torch.as_tensor(value).detach().float().reshape(len(paths), -1)).all(dim=1)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0])
+            raise PredictionError(
+                f'{paths[first]}: the model predicts a non-finite {what} (NaN or inf) for this image'
+                f'{f" and {int((~finite).sum()) - 1} more of its batch" if int((~finite).sum()) > 1 else ""}; '
+                'an input far outside the range the run trained on (float_range in config.json), or weights that overflow'
+            )
 
 # %% ../nbs/00_core.ipynb #38bacafc
 def uniform(generator, *shape) -> torch.Tensor:

@@ -6,7 +6,7 @@
 __all__ = ['SEVERITY_BANDS', 'IMAGE_EXTENSIONS', 'PATCH_SIZE', 'MAX_IMAGE_PIXELS', 'SEVERITY_MAX', 'severity_of_change',
            'severity_level', 'ImageError', 'ImageWarning', 'read_array', 'scale_float', 'to_unit', 'read_image',
            'read_mask', 'resize_image', 'resize_mask', 'dataset_float_range', 'SeverityLabel', 'read_severity_csv',
-           'find_domains', 'detect_layout', 'Sample', 'FolderDataset']
+           'domain_names', 'find_domains', 'detect_layout', 'Sample', 'FolderDataset']
 
 # %% ../nbs/00_data.ipynb #45ff7b6f
 import csv
@@ -177,10 +177,14 @@ def _check_float_range(float_range, what='float_range'):
     return lo, hi
 
 # %% ../nbs/00_data.ipynb #0125c6f7
-def scale_float(array, float_range):
-    "Map float values to [0, 1] with a dataset's `float_range` (lo, hi): `(v - lo) / (hi - lo)`, clipped; returns float32."
+def scale_float(array, float_range, clip: bool = False):
+    """Map float values with a dataset's `float_range` (lo, hi): `(v - lo) / (hi - lo)`, so the range goes to [0, 1]; float32.
+    Not clipped by default: a fault brighter than every normal map stays brighter (the user's pipeline divides by a fixed
+    maximum and does not clip; clipping flattened such faults to the maximum). `clip`: clipped to [0, 1], as sevdino did
+    before the setting `float_clip` existed."""
     lo, hi = _check_float_range(float_range)
-    return np.clip((np.asarray(array, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    unit = (np.asarray(array, dtype=np.float64) - lo) / (hi - lo)
+    return (np.clip(unit, 0.0, 1.0) if clip else unit).astype(np.float32)
 
 # %% ../nbs/00_data.ipynb #02104ba0
 def _drop_alpha(array, path):
@@ -198,8 +202,8 @@ def _drop_alpha(array, path):
     return array[..., 0] if array.shape[2] == 1 else array
 
 # %% ../nbs/00_data.ipynb #0fd2eae0
-def to_unit(array, path='image', float_range=None):
-    "Numbers of an image file to float32 [0, 1] (H,W) or (H,W,3): uint8 / 255, uint16 / 65535, float through `float_range`."
+def to_unit(array, path='image', float_range=None, clip: bool = False):
+    "Numbers of an image file to float32 (H,W) or (H,W,3): uint8 / 255, uint16 / 65535 (both in [0, 1]), float through `float_range` (`scale_float`, clipped with `clip`)."
     if array.ndim == 3:
         array = _drop_alpha(array, path)
     if array.dtype == np.uint8:
@@ -216,13 +220,13 @@ def to_unit(array, path='image', float_range=None):
             raise ImageError(
                 f'{path}: float image needs a float_range (lo, hi) for its dataset (see dataset_float_range); values span [{array.min():g}, {array.max():g}]'
             )
-        return scale_float(array, float_range)
+        return scale_float(array, float_range, clip)
     raise ImageError(f'{path}: unsupported sample type {array.dtype}; expected uint8, uint16 or float')
 
 # %% ../nbs/00_data.ipynb #a98fa61c
-def read_image(path, float_range=None):
-    "Read an image file as a float32 tensor (3,H,W) in [0, 1]: gray repeated to 3 channels, 16-bit divided by 65535, float data mapped with the dataset's `float_range` and clipped."
-    unit = to_unit(read_array(path), path, float_range)
+def read_image(path, float_range=None, clip: bool = False):
+    "Read an image file as a float32 tensor (3,H,W): gray repeated to 3 channels, 8- and 16-bit in [0, 1], float data mapped with the dataset's `float_range` (its range to [0, 1], values beyond it kept unless `clip`)."
+    unit = to_unit(read_array(path), path, float_range, clip)
     if unit.ndim == 2:
         unit = np.repeat(unit[..., None], 3, axis=2)
     return torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
@@ -254,12 +258,12 @@ def _size_pair(size):
 
 # %% ../nbs/00_data.ipynb #d5528f20
 def resize_image(image, size):
-    "Resize an image (3,H,W) or batch (B,3,H,W) to `size` (int or (h, w)) bilinearly, antialiased, staying in [0, 1]."
+    "Resize an image (3,H,W) or batch (B,3,H,W) to `size` (int or (h, w)) bilinearly, antialiased. Its weights are convex: the output stays within the input's range (up to float rounding), and values above 1 of an unclipped float map are kept."
     size = _size_pair(size)
     if tuple(image.shape[-2:]) == size:
         return image
     batch = image if image.ndim == 4 else image[None]
-    out = F.interpolate(batch, size=size, mode='bilinear', align_corners=False, antialias=True).clamp_(0, 1)
+    out = F.interpolate(batch, size=size, mode='bilinear', align_corners=False, antialias=True)
     return out if image.ndim == 4 else out[0]
 
 # %% ../nbs/00_data.ipynb #f834f4d7
@@ -466,6 +470,16 @@ def _listing(folder):
     return entries
 
 
+def domain_names(domain) -> list | None:
+    "The domains a `domain` setting names, as a list: 'A', 'A,B,C' (comma-separated) or a list; None or 'all' for every domain of the dataset (None)."
+    if domain is None:
+        return None
+    names = [d.strip() for d in domain.split(',')] if isinstance(domain, str) else [str(d) for d in domain]
+    if not names or any(not d for d in names):
+        raise ImageError(f'domain {domain!r}: give a domain name, several comma-separated (A,B,C), or all')
+    return None if names == ['all'] else list(dict.fromkeys(names))
+
+
 def find_domains(root):
     "The categories (MVTec) or domains (HDMAP) of a dataset: {name: folder}; a single-category root gives {root name: root}."
     root = Path(root)
@@ -543,14 +557,22 @@ class FolderDataset(torch.utils.data.Dataset):
     "Images of a dataset folder in the MVTec AD or HDMAP layout as items {image, mask, has_mask, label, defect, severity, level, path}."
 
     def __init__(
-        self, root, split='train', domain=None, image_size=None, float_range=None, severity_csv='auto', transform=None
+        self,
+        root,
+        split='train',
+        domain=None,
+        image_size=None,
+        float_range=None,
+        severity_csv='auto',
+        transform=None,
+        float_clip: bool = False,
     ):
         if split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root, self.split, self.transform = Path(root), split, transform
+        self.root, self.split, self.transform, self.float_clip = Path(root), split, transform, bool(float_clip)
         all_domains = find_domains(self.root)
         self.layout = detect_layout(self.root)
-        names = list(all_domains) if domain is None else [domain] if isinstance(domain, str) else list(domain)
+        names = domain_names(domain) or list(all_domains)
         missing = [n for n in names if n not in all_domains]
         if missing:
             raise ImageError(f'{self.root}: no domain {", ".join(map(repr, missing))}; found {", ".join(all_domains)}')
@@ -665,7 +687,7 @@ def _warn_missing_masks(self: FolderDataset, all_domains):
 @patch
 def __getitem__(self: FolderDataset, i):
     s = self.samples[i]
-    image = read_image(s.path, self.float_range)
+    image = read_image(s.path, self.float_range, self.float_clip)
     H, W = image.shape[-2:]
     if s.mask_path is not None:
         mask = read_mask(s.mask_path)

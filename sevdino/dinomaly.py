@@ -517,6 +517,12 @@ class DinomalySettings(Settings):
     decoder_depth: int = setting(
         8, 'decoder blocks (the two fusion groups read eight)', check=at_least(8), why='must be >= 8'
     )
+    hard_mining_ramp: int = setting(
+        1000,
+        "steps over which hard mining's share of damped easy points rises to 0.9 (the reference: 1000, whatever the schedule)",
+        check=at_least(0),
+        why='must be >= 0 (0: the full share from the first step)',
+    )
 
     def check_together(self):
         if self.taps is not None and len(set(self.taps)) < 8:
@@ -533,7 +539,12 @@ def build_dinomaly(settings: DinomalySettings, weights=None) -> Dinomaly:
     encoder = DinoEncoder(
         settings.encoder, weights=settings.weights if weights is None else weights, taps=settings.taps
     )
-    return Dinomaly(encoder, bottleneck_dropout=settings.bottleneck_dropout, decoder_depth=settings.decoder_depth)
+    return Dinomaly(
+        encoder,
+        bottleneck_dropout=settings.bottleneck_dropout,
+        decoder_depth=settings.decoder_depth,
+        hm_warm_steps=settings.hard_mining_ramp,
+    )
 
 # %% ../nbs/04_dinomaly.ipynb #0f2e769e
 @patch
@@ -546,9 +557,18 @@ def training_losses(self: Dinomaly, batch, step=0, generator=None) -> dict:
 
 @patch
 def configure_optimizer(self: Dinomaly, config):
-    "(StableAdamW over the trainable parameters, warm-up + cosine LambdaLR) for a run's `TrainConfig` (`lr`, `final_lr`, `warmup_steps`, `weight_decay`, `steps`)."
-    params = [p for p in self.parameters() if p.requires_grad]
-    optimizer = StableAdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, amsgrad=True)
+    """(`dinomaly_optimizer`, warm-up + cosine LambdaLR) for a run's `TrainConfig` (`lr`, `final_lr`, `warmup_steps`,
+    `weight_decay`, `optimizer_eps`, `grad_clip`, `steps`). As in the reference, one parameter group holds the bottleneck
+    and the decoder; any other trainable parameter (a severity head) gets a group of its own. Each group carries its
+    gradient-norm limit (`max_grad_norm`), which the training loop applies per group: a head cannot shrink the step of
+    the reconstruction."""
+    reconstruction = self.trainable_parameters()
+    known = {id(p) for p in reconstruction}
+    others = [p for p in self.parameters() if p.requires_grad and id(p) not in known]
+    groups = [{'params': reconstruction, 'name': 'reconstruction', 'max_grad_norm': config.grad_clip}]
+    if others:
+        groups.append({'params': others, 'name': 'head', 'max_grad_norm': config.grad_clip})
+    optimizer = dinomaly_optimizer(groups, lr=config.lr, weight_decay=config.weight_decay, eps=config.optimizer_eps)
 
     def schedule(step):
         rate = warmup_cosine(step, config.steps, config.lr, config.final_lr, warmup_steps=config.warmup_steps)

@@ -605,8 +605,8 @@ def training_losses(self: DraemSevNet, batch, step=0, generator=None) -> dict:
 # %% ../nbs/10_draem_sevnet.ipynb #5aaad0db
 @patch
 def configure_optimizer(self: DraemSevNet, config):
-    "DRAEM's optimiser for `config.steps`: `(Adam at lr, a LambdaLR scheduler)` at `config.lr` (DRAEM: 1e-4), the rate x0.2 at 80 % and x0.2 again at 90 % of the steps."
-    optimizer = torch.optim.Adam(self.parameters(), lr=config.lr)
+    "DRAEM's optimiser for `config.steps`: `(Adam at lr, a LambdaLR scheduler)` at `config.lr` (DRAEM: 1e-4) and `config.optimizer_eps` (Adam's 1e-8 by default), the rate x0.2 at 80 % and x0.2 again at 90 % of the steps."
+    optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, eps=config.optimizer_eps)
     first, second = int(0.8 * config.steps), int(0.9 * config.steps)
 
     def schedule(step):

@@ -6,7 +6,7 @@
 __all__ = ['FIGURE_DPI', 'LEVEL_NAMES', 'DEFECT_METRICS', 'PIXEL_METRIC_MAX_SIDE', 'FIGURES', 'METRIC_MEANINGS', 'FIGURE_NOTES',
            'has_severity', 'format_number', 'plot_roc', 'plot_severity_scatter', 'plot_severity_by_level',
            'plot_score_vs_severity', 'select_cases', 'map_colour_range', 'plot_overlays', 'save_figure', 'save_figures',
-           'defect_table', 'report_text']
+           'defect_table', 'decision_lines', 'report_text']
 
 # %% ../nbs/07_report.ipynb #c343268a
 import math
@@ -338,6 +338,13 @@ METRIC_MEANINGS = {
     'image_ap': 'average precision of the image score for the faulty class',
     'image_f1_max': 'best F1 of the image score over all thresholds',
     'image_f1_threshold': 'the score threshold reaching image_f1_max (anomalous when score >= it)',
+    'image_tpr_fpr1': "share of faulty images found at the threshold that flags at most 1% of the good ones (the user's TPR@FPR1%)",
+    'image_tpr_fpr5': 'share of faulty images found when at most 5% of the good ones are flagged',
+    'image_youden_threshold': 'the score threshold maximising TPR - FPR on this test set (Youden; fitted on its labels)',
+    'image_youden_precision': 'share of flagged images that are faulty, at the Youden threshold',
+    'image_youden_recall': 'share of faulty images flagged, at the Youden threshold',
+    'image_youden_f1': 'F1 at the Youden threshold',
+    'image_youden_accuracy': 'share of images judged right, at the Youden threshold',
     'pixel_auroc': 'area under the ROC of the anomaly map, all pixels pooled, against the true masks',
     'pixel_aupro': 'area under the per-region-overlap curve up to 30% false-positive rate, normalised (each fault region counts equally)',
     'severity_mae': 'mean absolute error of the predicted severity on faults with a known severity (severity units, lower is better)',
@@ -386,7 +393,9 @@ def _metric_rows(metrics) -> list:
                 meaning = METRIC_MEANINGS.get(name, '') if key == 'all' else f'normal vs level {key}'
                 rows.append((f'{name}[{key}]', format_number(v), meaning))
         else:
-            digits = 4 if name in ('severity_mae', 'severity_mse', 'image_f1_threshold') else 3
+            digits = (
+                4 if name in ('severity_mae', 'severity_mse', 'image_f1_threshold', 'image_youden_threshold') else 3
+            )
             rows.append((name, format_number(value, digits), METRIC_MEANINGS.get(name, '')))
     return rows
 
@@ -432,6 +441,21 @@ def defect_table(metrics: dict) -> list:
     return lines + ['']
 
 # %% ../nbs/07_report.ipynb #788e44d5
+def decision_lines(metrics: dict) -> list:
+    "Markdown lines of the report's decision-threshold section ([] when the run has no threshold)."
+    if 'decision_threshold' not in metrics:
+        return []
+    return [
+        '',
+        '## Decision threshold',
+        '',
+        f"The run's threshold, {metrics['decision_threshold']:.6g}, was set on {metrics['decision_n_holdout']} normal "
+        f'training images held out of training, to flag at most {metrics["decision_max_fpr"]:.0%} of them (no test label '
+        f'used). On this test set it flags {format_number(metrics["decision_tpr"])} of the faulty images (decision_tpr) '
+        f'and {format_number(metrics["decision_fpr"])} of the good ones (decision_fpr).',
+    ]
+
+
 def report_text(metrics: dict, table, name: str = '', figures=FIGURES) -> str:
     "The markdown of `report.md`: summary, metrics table with meanings, the per-defect table, figures with what to look for."
     n, faulty = len(table), int(table.label.sum())
@@ -452,6 +476,7 @@ def report_text(metrics: dict, table, name: str = '', figures=FIGURES) -> str:
         '|---|---|---|',
     ]
     lines += [f'| {m} | {v} | {meaning} |' for m, v, meaning in _metric_rows(metrics)]
+    lines += decision_lines(metrics)
     lines += ['', '## By fault shape', ''] + defect_table(metrics)
     lines += ['## Figures', '']
     for figure in figures:

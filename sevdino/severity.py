@@ -288,7 +288,10 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
         'decoder_depth',
     )
     return SeverityDinomaly(
-        encoder, head_hidden=tuple(settings.head_hidden), **{n: getattr(settings, n) for n in names}
+        encoder,
+        head_hidden=tuple(settings.head_hidden),
+        hm_warm_steps=settings.hard_mining_ramp,
+        **{n: getattr(settings, n) for n in names},
     )
 
 # %% ../nbs/05_severity.ipynb #bcc19d97

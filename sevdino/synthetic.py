@@ -244,12 +244,12 @@ def _hdmap_fault_profile(kind, area, params, shape, rng):
 def hdmap_fault(clean, kind, target, params, float_range, rng, contrast=(0.25, 0.7)):
     "Add a fault of `kind` to the map `clean` (physical units) with severity `target` on the [0, 1] scale of `float_range`; returns (faulty, mask, severity)."
     lo, hi = float_range
-    clean_unit = scale_float(clean, float_range)
+    clean_unit = scale_float(clean, float_range, clip=True)  # the dataset's severities: on the clipped scale (format 1)
     area = target / 100 * clean.size / rng.uniform(*contrast)
 
     def render(profile, strength):
         faulty = (clean + strength * (hi - lo) * profile).astype(np.float32)
-        return faulty, 100 * float(np.abs(scale_float(faulty, float_range) - clean_unit).mean())
+        return faulty, 100 * float(np.abs(scale_float(faulty, float_range, clip=True) - clean_unit).mean())
 
     for _ in range(30):
         profile = _hdmap_fault_profile(kind, area, params, clean.shape, rng)

@@ -33,7 +33,15 @@ from PIL import Image as PILImage
 # %% ../nbs/11_widgets.ipynb #d13cc898
 from .core import TEMP_SUFFIX, atomic_write, model_device
 from .augment import FAULT_FAMILIES
-from .data import IMAGE_EXTENSIONS, PATCH_SIZE, SEVERITY_BANDS, FolderDataset, ImageError, SeverityLabel
+from sevdino.data import (
+    IMAGE_EXTENSIONS,
+    PATCH_SIZE,
+    SEVERITY_BANDS,
+    SEVERITY_MAX,
+    FolderDataset,
+    ImageError,
+    SeverityLabel,
+)
 from .data import dataset_float_range, find_domains, read_array, read_image, resize_image, severity_level
 
 # %% ../nbs/11_widgets.ipynb #bedc4236
@@ -54,9 +62,10 @@ def _parse_answer(severity_text, level_text, where):
         severity = float(severity_text) if severity_text else math.nan
     except ValueError:
         raise AnnotationError(f'{where}: severity {severity_text!r} is not a number') from None
-    if math.isinf(severity) or severity < 0:
+    if not math.isnan(severity) and not 0 <= severity <= SEVERITY_MAX:
         raise AnnotationError(
-            f'{where}: severity {severity_text!r} must be a finite number >= 0 (or empty for unknown)'
+            f'{where}: severity {severity_text!r} must be a finite number >= 0 and <= {SEVERITY_MAX:g} '
+            '(the scale: 100 x mean |faulty - clean|), or empty for unknown'
         )
     if not level_text:
         return SeverityLabel(severity, severity_level(severity))
@@ -70,7 +79,7 @@ def _parse_answer(severity_text, level_text, where):
 
 # %% ../nbs/11_widgets.ipynb #e7262e97
 def answer_cells(severity, level=None, where='answer'):
-    """The (severity, level) cells written for an expert's answer. `severity`: a finite number >= 0, or None / NaN when
+    """The (severity, level) cells written for an expert's answer. `severity`: a number from 0 to `SEVERITY_MAX`, or None / NaN when
     the expert gives only a `level` (0..4) or cannot tell (level -1). A level given with a severity must be the severity's
     band (`severity_level`). `AnnotationError` naming `where` otherwise."""
     value = None
@@ -81,8 +90,11 @@ def answer_cells(severity, level=None, where='answer'):
             raise AnnotationError(f'{where}: severity {severity!r} is not a number') from None
         if math.isnan(value):
             value = None
-        elif not math.isfinite(value) or value < 0:
-            raise AnnotationError(f'{where}: severity {severity!r} must be finite and >= 0')
+        elif not 0 <= value <= SEVERITY_MAX:  # also refuses infinities
+            raise AnnotationError(
+                f'{where}: severity {severity!r} must be finite, >= 0 and <= {SEVERITY_MAX:g} '
+                '(the scale: 100 x mean |faulty - clean|)'
+            )
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not -1 <= level <= 4:
             raise AnnotationError(f'{where}: level {level!r} must be an integer from -1 (cannot tell) to 4')
@@ -369,9 +381,14 @@ def _keep(self: SeverityAnnotations, key, cells):
 def _load(self: SeverityAnnotations):
     data = self.csv_path.read_bytes()
     try:
-        text = data.decode('utf-8')
+        text = data.decode(
+            'utf-8-sig'
+        )  # a byte-order mark (spreadsheets write one) is dropped, as the data loader does
     except UnicodeDecodeError as e:
-        raise AnnotationError(f'{self.csv_path}: not UTF-8 text ({e})') from None
+        line = data[: e.start].count(b'\n') + 1
+        raise AnnotationError(
+            f'{self.csv_path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8'
+        ) from None
     *lines, tail = text.split('\n')
     header, seen = None, {}
     for number, line in enumerate(lines, start=1):
@@ -668,8 +685,12 @@ class AnnotationTool(widgets.VBox):
         max_severity=10.0,
         display_width=384,
         show_model_severity=False,
+        float_clip=False,
     ):
         self.paths = [Path(p) for p in paths]
+        self.float_clip = bool(
+            float_clip
+        )  # the run's reading of float maps (`float_clip`): what its model was trained on
         if not self.paths:
             raise AnnotationError(f'{annotations.csv_path}: no images to annotate')
         for p in self.paths:
@@ -757,7 +778,7 @@ def __repr__(self: AnnotationTool):
 def _view(self: AnnotationTool, path):
     "(image, anomaly map or None, score, severity) of `path`, the last few kept."
     if path not in self._cache:
-        image = read_image(path, self.float_range)
+        image = read_image(path, self.float_range, self.float_clip)
         view = (
             (image, *predict_image(self.model, image, self.image_size))
             if self.model is not None
@@ -881,6 +902,7 @@ def annotation_tool(
         map_range=map_range,
         display_width=display_width,
         show_model_severity=show_model_severity,
+        float_clip=bool(getattr(config, 'float_clip', False)),
     )
 
 # %% ../nbs/11_widgets.ipynb #0b98fa45
@@ -1040,6 +1062,11 @@ def explorer(
         image_size = image_size or (tuple(config.image_size) if config is not None else None)
         float_range = float_range or (config.float_range if config is not None else None)
         dataset = FolderDataset(
-            dataset_or_folder, 'test', domain=domain, image_size=image_size, float_range=float_range
+            dataset_or_folder,
+            'test',
+            domain=domain,
+            image_size=image_size,
+            float_range=float_range,
+            float_clip=bool(getattr(config, 'float_clip', False)),
         )
     return Explorer(dataset, model=model, map_range=map_range, display_width=display_width)

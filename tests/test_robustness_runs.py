@@ -133,7 +133,13 @@ def test_an_empty_existing_folder_is_fine(data, tmp_path):
     empty.mkdir()
     code, out = sevdino(*train_args(data, empty))
     assert code == 0, out
-    assert sorted(p.name for p in empty.iterdir()) == ['checkpoint', 'config.json', 'log.csv', 'model.safetensors']
+    assert sorted(p.name for p in empty.iterdir()) == [
+        'checkpoint',
+        'config.json',
+        'log.csv',
+        'model.safetensors',
+        'threshold.json',
+    ]
 
 
 HOLD_LOCK = """
@@ -318,6 +324,22 @@ def test_nan_weights_are_refused_by_every_reader(finished_run, data, tmp_path):
     image = next((Path(data) / 'A' / 'test').rglob('*.tiff'))
     one_line_error(*sevdino('predict', '--run', run, image), *words)
     assert snapshot(run) == before
+
+
+def test_finite_weights_that_overflow_are_refused_not_reported(finished_run, data, tmp_path):
+    "Finite weights can still predict NaN or inf (an overflow); evaluate and predict refuse them, naming the image."
+    run = tmp_path / 'overflow'
+    run.mkdir()
+    (run / 'config.json').write_bytes((finished_run / 'config.json').read_bytes())
+    weights = load_file(str(finished_run / 'model.safetensors'))
+    weights['bottleneck.fc2.weight'] = weights['bottleneck.fc2.weight'] * 1e37  # finite, but the features overflow
+    save_file(weights, str(run / 'model.safetensors'))
+    before = snapshot(run)
+    image = sorted((Path(data) / 'A' / 'test').rglob('*.tiff'))[0]
+    words = ['the model predicts a non-finite score (NaN or inf) for this image', 'or weights that overflow']
+    one_line_error(*sevdino('evaluate', '--run', run, '--data', data, '--quiet'), image, *words)
+    one_line_error(*sevdino('predict', '--run', run, image), image, *words)
+    assert snapshot(run) == before  # no metrics.json, report or predictions.csv of NaNs
 
 
 @pytest.mark.filterwarnings('ignore:Seems like .optimizer.step')
