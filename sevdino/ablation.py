@@ -244,6 +244,7 @@ def run_grid(
 # %% ../nbs/09_ablation.ipynb #9eea4d7a
 SUMMARY_METRICS = (
     'image_auroc',
+    'image_tpr_fpr1',
     'pixel_auroc',
     'pixel_aupro',
     'severity_spearman',

@@ -151,11 +151,6 @@ def _pair(size, what):
 # %% ../nbs/04_dinomaly.ipynb #d1a0e7c1
 def _check_dinomaly_args(encoder, fuse_groups, decoder_depth, score_ratio, remove_class_token):
     "Raise on a `Dinomaly` configuration that cannot work, naming the argument."
-    if not remove_class_token:
-        raise ValueError(
-            'Dinomaly: remove_class_token=False is not supported: DinoEncoder returns patch tokens only, '
-            'so class and register tokens never reach the bottleneck (as the paper describes)'
-        )
     for attr in ('embed_dim', 'num_heads', 'taps', 'grid'):
         if not hasattr(encoder, attr):
             raise TypeError(f'Dinomaly: the encoder has no `{attr}` (expected a sevdino DinoEncoder)')
@@ -242,11 +237,18 @@ def trainable_parameters(self: Dinomaly):
 
 @patch
 def encode(self: Dinomaly, images):
-    "The frozen encoder's taps (list of (B, N, D) float32), one encoder pass, no gradient."
+    "The frozen encoder's taps (list of (B, N, D) float32), one encoder pass, no gradient; with `remove_class_token` False the class (and register) tokens lead each tap (N = prefix + patches)."
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f'Dinomaly: images must be (B, 3, H, W), got {tuple(images.shape)}')
     with torch.no_grad():
-        return [t.float() for t in self.encoder(images)]
+        taps = self.encoder(images, prefix=True) if not self.remove_class_token else self.encoder(images)
+        return [t.float() for t in taps]
+
+
+@patch
+def prefix_count(self: Dinomaly) -> int:
+    "How many class and register tokens lead the encoder taps, bottleneck and decoder outputs (0 when they are removed)."
+    return 0 if self.remove_class_token else int(self.encoder.num_prefix_tokens)
 
 
 @patch
@@ -266,6 +268,12 @@ def forward_features(self: Dinomaly, images):
     bottleneck_input = torch.stack(taps).mean(0)
     bottleneck = self.bottleneck(bottleneck_input)
     decoder_outputs = self.decode(bottleneck)
+    skip = self.prefix_count()
+    if (
+        skip
+    ):  # the reference's way: class and register tokens went through bottleneck and decoder; loss and maps skip them
+        taps, decoder_outputs = [t[:, skip:] for t in taps], [d[:, skip:] for d in decoder_outputs]
+        bottleneck_input, bottleneck = bottleneck_input[:, skip:], bottleneck[:, skip:]
     return DinomalyFeatures(
         en=self.fuse(taps, self.fuse_groups),
         de=self.fuse(decoder_outputs, self.fuse_groups),
@@ -517,6 +525,11 @@ class DinomalySettings(Settings):
     decoder_depth: int = setting(
         8, 'decoder blocks (the two fusion groups read eight)', check=at_least(8), why='must be >= 8'
     )
+    prefix_tokens: bool = setting(
+        False,
+        'keep the class (and register) tokens through bottleneck and decoder, as the reference code does '
+        '(false: patch tokens only, as the paper describes); the loss and maps use patch tokens either way',
+    )
     hard_mining_ramp: int = setting(
         1000,
         "steps over which hard mining's share of damped easy points rises to 0.9 (the reference: 1000, whatever the schedule)",
@@ -544,6 +557,7 @@ def build_dinomaly(settings: DinomalySettings, weights=None) -> Dinomaly:
         bottleneck_dropout=settings.bottleneck_dropout,
         decoder_depth=settings.decoder_depth,
         hm_warm_steps=settings.hard_mining_ramp,
+        remove_class_token=not settings.prefix_tokens,
     )
 
 # %% ../nbs/04_dinomaly.ipynb #0f2e769e

@@ -298,8 +298,8 @@ def _embed(self: DinoEncoder, x):
 
 
 @patch
-def forward(self: DinoEncoder, images: torch.Tensor) -> list:
-    "Patch tokens (B, h*w, embed_dim), float32, of each tapped block in tap order, for [0, 1] images (B, 3, H, W)."
+def forward(self: DinoEncoder, images: torch.Tensor, prefix: bool = False) -> list:
+    "Patch tokens (B, h*w, embed_dim), float32, of each tapped block in tap order, for [0, 1] images (B, 3, H, W); with `prefix`, the class (and register) tokens first: (B, num_prefix_tokens + h*w, embed_dim)."
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f'images of shape {tuple(images.shape)}: expected (B, 3, H, W) in [0, 1]')
     self.grid(*images.shape[-2:])
@@ -310,7 +310,7 @@ def forward(self: DinoEncoder, images: torch.Tensor) -> list:
         for index, block in enumerate(vit.blocks[: max(self.taps) + 1]):
             x = block(x)
             if index in wanted:
-                taps[index] = x[:, self.num_prefix_tokens :].float()
+                taps[index] = (x if prefix else x[:, self.num_prefix_tokens :]).float()
     return [taps[t] for t in self.taps]
 
 

@@ -291,6 +291,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
         encoder,
         head_hidden=tuple(settings.head_hidden),
         hm_warm_steps=settings.hard_mining_ramp,
+        remove_class_token=not settings.prefix_tokens,
         **{n: getattr(settings, n) for n in names},
     )
 
