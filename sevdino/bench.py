@@ -6,7 +6,8 @@
 __all__ = ['PRECISION_DTYPES', 'BENCH_PRECISIONS', 'machine_info', 'synchronize', 'time_calls', 'matmul_peak_gflops',
            'count_flops', 'bench_models', 'model_label', 'bench_config', 'bench_model', 'TrainingRun', 'model_flops',
            'measure_inference', 'measure_training', 'measure_training_isolated', 'inference_breakdown',
-           'bf16_agreement', 'run_bench', 'bench_markdown', 'add_bench_args', 'cmd_bench', 'bench_main']
+           'bf16_agreement', 'measure_exported', 'run_bench', 'bench_markdown', 'add_bench_args', 'cmd_bench',
+           'bench_main']
 
 # %% ../nbs/12_bench.ipynb #6a4ee585
 import argparse
@@ -17,6 +18,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -340,6 +342,42 @@ def bf16_agreement(model_fp32, model_bf16, images: torch.Tensor) -> dict:
         out['severity_difference'] = (bf16.severity - fp32.severity).abs().max().item()
     return out
 
+# %% ../nbs/12_bench.ipynb #3xp0rt02
+def measure_exported(config: TrainConfig, images: torch.Tensor, warmup: int = 2, repeats: int = 5) -> dict:
+    """Images per second of the model of `config` by PyTorch (fp32, bf16) and exported to onnxruntime (fp32) and OpenVINO
+    (fp32, bf16 where native), timed interleaved on `images` (CPU): {runner: {img_s, over_pytorch_fp32}}, plus 'skipped'
+    naming what could not run and why."""
+    from sevdino.deploy import ExportedModel, export_model
+
+    model = bench_model(config.replace(precision='fp32'), 'cpu').eval()
+    fast = bench_model(config.replace(precision='bf16'), 'cpu').eval()
+
+    def pytorch(m, precision):
+        def call():
+            with autocast(precision, torch.device('cpu')):
+                return m.predict(images)
+
+        return call
+
+    calls, skipped = {'pytorch fp32': pytorch(model, 'fp32'), 'pytorch bf16': pytorch(fast, 'bf16')}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for fmt, file, precisions in (('onnx', 'm.onnx', ('fp32',)), ('openvino', 'm.xml', ('fp32', 'bf16'))):
+            try:
+                path = export_model(model, config, fmt, Path(folder) / file)
+                for precision in precisions:
+                    exported = ExportedModel(path, precision=precision)
+                    if exported.precision == precision:  # bf16 only where OpenVINO runs it natively
+                        calls[f'{exported.runtime} {precision}'] = (lambda e: lambda: e.predict(images))(exported)
+            except ConfigError as e:  # a missing package: say so, measure the rest
+                skipped[fmt] = str(e)
+        seconds = time_calls(calls, warmup, repeats)
+    base = statistics.median(seconds['pytorch fp32'])
+    out = {
+        name: dict(img_s=len(images) / statistics.median(s), over_pytorch_fp32=base / statistics.median(s))
+        for name, s in seconds.items()
+    }
+    return {**out, 'skipped': skipped}
+
 # %% ../nbs/12_bench.ipynb #68da17c9
 def _share(flops, images_per_second, peak_gflops):
     return flops * images_per_second / (peak_gflops * 1e9)
@@ -358,6 +396,7 @@ def run_bench(
     device=None,
     isolate: bool = True,
     progress: bool = False,
+    exported: bool = True,
 ) -> dict:
     "Speed and memory of `models` (default: `bench_models()`) on this machine (JSON-ready): machine, matrix-multiply peaks, FLOPs per image, and per model and precision images per second for inference (and training, with `train`), their share of the peak and the training's peak memory."
     start = time.perf_counter()
@@ -433,6 +472,11 @@ def run_bench(
                 measured = measure(configs[m, p], device, warmup, repeats)
                 measured['train_share_of_peak'] = _share(flops[m]['train'], measured['train_img_s'], peaks[p])
                 results[m][p].update(measured)
+    if exported and device.type == 'cpu':
+        say('exported models (onnxruntime, OpenVINO)')
+        result['exported'] = dict(
+            model=models[-1], **measure_exported(configs[models[-1], precisions[0]], images, warmup, repeats)
+        )
     result['machine']['load_average_end'] = _load_average()
     result['wall_seconds'] = time.perf_counter() - start
     return result
@@ -533,6 +577,18 @@ def bench_markdown(result: dict) -> str:
         )
     if notes:
         lines += [''] + ['. '.join(notes) + '.']
+    if result.get('exported'):
+        e = result['exported']
+        runners = [k for k in e if k not in ('model', 'skipped')]
+        lines += [
+            '',
+            f'{model_label(e["model"])} exported, inference at this size and batch:',
+            '',
+            '| runner | img/s | speed / PyTorch fp32 |',
+            '|---|---:|---:|',
+        ]
+        lines += [f'| {k} | {_fmt(e[k]["img_s"])} | {e[k]["over_pytorch_fp32"]:.2f} |' for k in runners]
+        lines += [f'Not measured: {k} ({why}).' for k, why in e.get('skipped', {}).items()]
     return '\n'.join(lines)
 
 # %% ../nbs/12_bench.ipynb #c764c989
@@ -560,6 +616,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help='train in this process (quicker; the peak memory then includes all that ran before)',
     )
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when there is one)')
+    parser.add_argument('--no-export', action='store_true', help='skip the exported models (onnxruntime, OpenVINO)')
     parser.add_argument('--json', action='store_true', help='print the result as JSON instead of tables')
     parser.add_argument('--quiet', action='store_true', help='no progress on stderr')
     return parser
@@ -580,6 +637,7 @@ def cmd_bench(args) -> dict:
         device=args.device,
         isolate=not args.in_process,
         progress=not args.quiet,
+        exported=not args.no_export,
     )
     print(json.dumps(result, indent=2) if args.json else bench_markdown(result))
     return result

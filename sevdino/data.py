@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['SEVERITY_BANDS', 'IMAGE_EXTENSIONS', 'PATCH_SIZE', 'MAX_IMAGE_PIXELS', 'SEVERITY_MAX', 'severity_of_change',
            'severity_level', 'ImageError', 'ImageWarning', 'read_array', 'scale_float', 'to_unit', 'read_image',
-           'read_mask', 'resize_image', 'resize_mask', 'dataset_float_range', 'SeverityLabel', 'read_severity_csv',
-           'domain_names', 'find_domains', 'detect_layout', 'Sample', 'FolderDataset']
+           'read_mask', 'resize_image', 'resize_mask', 'center_crop', 'fit_image', 'fit_mask', 'dataset_float_range',
+           'SeverityLabel', 'read_severity_csv', 'domain_names', 'find_domains', 'detect_layout', 'Sample',
+           'FolderDataset', 'input_kind', 'describe_inputs', 'unlike_training']
 
 # %% ../nbs/00_data.ipynb #45ff7b6f
 import csv
@@ -275,6 +276,26 @@ def resize_mask(mask, size):
     batch = mask if mask.ndim == 4 else mask[None]
     out = F.interpolate(batch, size=size, mode='nearest-exact')
     return out if mask.ndim == 4 else out[0]
+
+# %% ../nbs/00_data.ipynb #c0f1a2b3
+def center_crop(x, size):
+    "The centre `size` (int or (h, w)) of an image, mask or batch (..., H, W); `ValueError` when it is larger than the input."
+    h, w = _size_pair(size)
+    H, W = x.shape[-2:]
+    if h > H or w > W:
+        raise ValueError(f'crop {h}x{w} (HxW) is larger than the {H}x{W} image it is cut from')
+    top, left = (H - h) // 2, (W - w) // 2  # torchvision's CenterCrop rounds the same way for even margins
+    return x[..., top : top + h, left : left + w]
+
+
+def fit_image(image, size, resize=None):
+    "An image (3,H,W) or batch at the model's input `size`: resized to it, or (with `resize`) resized to `resize` and centre-cropped to `size`, as the reference's 448 -> 392."
+    return resize_image(image, size) if resize is None else center_crop(resize_image(image, resize), size)
+
+
+def fit_mask(mask, size, resize=None):
+    "A mask the way `fit_image` takes its image: nearest-neighbour resize, then the same centre crop."
+    return resize_mask(mask, size) if resize is None else center_crop(resize_mask(mask, resize), size)
 
 # %% ../nbs/00_data.ipynb #5a9e8fef
 def dataset_float_range(paths):
@@ -566,6 +587,7 @@ class FolderDataset(torch.utils.data.Dataset):
         severity_csv='auto',
         transform=None,
         float_clip: bool = False,
+        resize=None,
     ):
         if split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -580,6 +602,11 @@ class FolderDataset(torch.utils.data.Dataset):
         self.image_size = None if image_size is None else _size_pair(image_size)
         if self.image_size and min(self.image_size) < PATCH_SIZE:
             raise ValueError(f'image_size {self.image_size} is smaller than one {PATCH_SIZE}-px patch')
+        self.resize = None if resize is None else _size_pair(resize)  # then centre-cropped to image_size
+        if self.resize and not self.image_size:
+            raise ValueError('resize needs an image_size: the centre crop taken after resizing')
+        if self.resize and (self.resize[0] < self.image_size[0] or self.resize[1] < self.image_size[1]):
+            raise ValueError(f'resize {self.resize} is smaller than the crop image_size {self.image_size}')
         self.severity_csv, csv_root = self._csv_path(severity_csv)
         labels = read_severity_csv(self.severity_csv, csv_root) if self.severity_csv else {}
         self.samples = [s for n in names for s in self._list(n, all_domains[n], labels)]
@@ -611,7 +638,8 @@ class FolderDataset(torch.utils.data.Dataset):
         faulty = sum(s.label for s in self.samples)
         return (
             f'FolderDataset({str(self.root)!r}, split={self.split!r}, layout={self.layout!r}, domains={self.domains}, '
-            f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, float_range={self.float_range})'
+            f'{len(self)} images ({faulty} faulty), image_size={self.image_size}, '
+            f'{f"resize={self.resize}, " if self.resize else ""}float_range={self.float_range})'
         )
 
 # %% ../nbs/00_data.ipynb #83b15466
@@ -704,7 +732,7 @@ def __getitem__(self: FolderDataset, i):
             f"{s.path}: {W}x{H} image is smaller than one {PATCH_SIZE}-px patch (the encoder's token); is it the right file?"
         )
     if self.image_size:
-        image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
+        image, mask = fit_image(image, self.image_size, self.resize), fit_mask(mask, self.image_size, self.resize)
     item = dict(
         image=image,
         mask=mask,
@@ -730,3 +758,49 @@ def check(self: FolderDataset):
     if errors:
         raise ImageError(f'{len(errors)} of {len(self)} items are bad:\n' + '\n'.join(errors[:20]))
     return len(self)
+
+# %% ../nbs/00_data.ipynb #din0put2
+def input_kind(path) -> tuple:
+    "(sample kind, channels, height, width) of an image file: kind 'float' for float samples, else the integer type ('uint8', 'uint16')."
+    array = read_array(path)
+    kind = 'float' if array.dtype.kind == 'f' else str(array.dtype)
+    return kind, 1 if array.ndim == 2 else int(array.shape[2]), int(array.shape[0]), int(array.shape[1])
+
+
+def describe_inputs(paths) -> dict:
+    "What the images at `paths` are: `kinds` and `channels` (sorted lists), `height` and `width` ([min, max]) and `n`; a run keeps it to recognise other input later."
+    kinds = [input_kind(p) for p in paths]
+    if not kinds:
+        raise ImageError('describe_inputs: no image files given')
+    return dict(
+        kinds=sorted({k[0] for k in kinds}),
+        channels=sorted({k[1] for k in kinds}),
+        height=[min(k[2] for k in kinds), max(k[2] for k in kinds)],
+        width=[min(k[3] for k in kinds), max(k[3] for k in kinds)],
+        n=len(kinds),
+    )
+
+
+def _named(paths) -> str:
+    names = ', '.join(str(p) for p in paths[:3])
+    return names + (f' and {len(paths) - 3} more' if len(paths) > 3 else '')
+
+
+def unlike_training(kinds: dict, record: dict) -> list:
+    """Lines saying how images differ from the training images described by `record` (`describe_inputs`): another sample
+    kind, another channel count, or a size outside half to twice the training sizes. `kinds`: {path: `input_kind(path)`}."""
+    lines = []
+    for what, index, wanted in (('sample kind', 0, record['kinds']), ('channel count', 1, record['channels'])):
+        odd = [p for p, k in kinds.items() if k[index] not in wanted]
+        if odd:
+            have = sorted({str(kinds[p][index]) for p in odd})
+            lines.append(
+                f'{len(odd)} images have {what} {"/".join(have)}, the run trained on {"/".join(map(str, wanted))}: {_named(odd)}'
+            )
+    (h0, h1), (w0, w1) = record['height'], record['width']
+    odd = [p for p, k in kinds.items() if not (h0 / 2 <= k[2] <= 2 * h1 and w0 / 2 <= k[3] <= 2 * w1)]
+    if odd:
+        lines.append(
+            f'{len(odd)} images are far from the training sizes ({h0}-{h1} x {w0}-{w1} px, HxW; half to twice is expected): {_named(odd)}'
+        )
+    return lines

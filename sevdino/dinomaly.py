@@ -350,6 +350,10 @@ def smooth(self: Dinomaly, anomaly_map):
         return anomaly_map.float()
     kernel = self.score_kernel_weights.to(anomaly_map.device, torch.float32)
     with torch.autocast(anomaly_map.device.type, enabled=False):
+        if (
+            torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        ):  # an exported graph: any batch, one plain convolution
+            return F.conv2d(anomaly_map.float(), kernel, padding=kernel.shape[-1] // 2)
         # the batch as the channels of one depthwise convolution (one fast kernel call instead of B slow ones)
         out = F.conv2d(
             anomaly_map.float().reshape(1, B, H, W),
@@ -364,6 +368,7 @@ def smooth(self: Dinomaly, anomaly_map):
 def _score_shape(self: Dinomaly, h, w):
     if not isinstance(self.score_size, int):
         return _pair(self.score_size, 'score_size')
+    h, w = int(h), int(w)  # plain ints, also when an exporter traces the shape as a tensor
     short = min(h, w)
     return (round(self.score_size * h / short), round(self.score_size * w / short))
 

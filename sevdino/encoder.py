@@ -6,9 +6,10 @@
 __all__ = ['ENCODER_NAMES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BUNDLED_NAME', 'WEIGHT_SOURCES', 'BUNDLED_PACKAGE', 'BUNDLED_FILE',
            'default_taps', 'WeightsError', 'read_state_dict', 'to_timm_state_dict', 'cached_hub_weights',
            'load_weights', 'random_init_', 'DinoEncoder', 'bundled_onnx_path', 'sevdino_cache_dir',
-           'convert_onnx_dinov2', 'bundled_state_dict']
+           'convert_onnx_dinov2', 'bundled_state_dict', 'file_sha256', 'weights_record', 'weights_line']
 
 # %% ../nbs/03_encoder.ipynb #79583f36
+import hashlib
 import importlib.util
 import os
 import re
@@ -458,3 +459,35 @@ def bundled_state_dict(cache_dir=None, refresh: bool = False) -> dict:
 
         warnings.warn(f'{cache}: could not cache the converted bundled weights ({e}); converting again next time')
     return state_dict
+
+# %% ../nbs/03_encoder.ipynb #w8prov02
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    "The SHA-256 of a file, as hex."
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_record(encoder) -> dict:
+    "What `encoder` (a `DinoEncoder`) loaded: {'encoder', 'source' ('bundled', 'hub', 'file' or 'none'), 'file', 'sha256'}."
+    source, file = encoder.weights, None
+    if source == 'bundled':
+        file = bundled_onnx_path()
+    elif source == 'hub':
+        file = cached_hub_weights(encoder.name)
+    elif source not in WEIGHT_SOURCES:
+        source, file = 'file', Path(source)
+    return dict(
+        encoder=encoder.name,
+        source=source,
+        file=str(file) if file else None,
+        sha256=file_sha256(file) if file else None,
+    )
+
+
+def weights_line(record: dict) -> str:
+    "One line for the log: 'encoder weights: NAME, SOURCE (FILE, sha256 and its first 12 hex digits)'."
+    where = f' ({record["file"]}, sha256 {record["sha256"][:12]})' if record.get('file') else ''
+    return f'encoder weights: {record["encoder"]}, {record["source"]}{where}'

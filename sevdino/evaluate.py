@@ -109,12 +109,17 @@ def _batch_rows(batch: dict, prediction, map_size) -> tuple:
     return rows, anomaly_map[:, 0].numpy().astype(np.float32, copy=False), mask[:, 0].numpy()
 
 # %% ../nbs/08_evaluate.ipynb #acf7ed67
-def predict_dataset(model, dataset, batch_size: int = 16, progress: bool = True, map_size=None):
+def predict_dataset(
+    model, dataset, batch_size: int = 16, progress: bool = True, map_size=None, precision: str = 'fp32'
+):
     """Run `model.predict` over `dataset` in batches: `(table, maps, masks)`.
 
     `table`: a DataFrame with columns `PREDICTION_COLUMNS`, one row per image in dataset order (`severity_pred` NaN when
     the model has no severity head); `maps`: float32 (N, H, W) anomaly maps; `masks`: bool (N, H, W). `map_size` (h, w)
-    shrinks maps and masks consistently (area averaging); None keeps the input resolution."""
+    shrinks maps and masks consistently (area averaging); None keeps the input resolution. `precision` 'bf16' runs the
+    model under bf16 autocast (its maps' smoothing, score and severity stay fp32), as a run trained in bf16 is judged."""
+    if precision not in ('bf16', 'fp32'):
+        raise ValueError(f"predict_dataset: precision must be 'bf16' or 'fp32', got {precision!r}")
     if len(dataset) == 0:
         raise ValueError(f'predict_dataset: the dataset is empty ({dataset!r})')
     if batch_size < 1:
@@ -127,7 +132,9 @@ def predict_dataset(model, dataset, batch_size: int = 16, progress: bool = True,
         tqdm(total=len(dataset), desc='predict', unit='img', disable=not progress, file=sys.stderr) as bar,
     ):
         for batch in loader:
-            part, anomaly_map, mask = _batch_rows(batch, model.predict(batch['image'].to(device)), map_size)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
+                prediction = model.predict(batch['image'].to(device))
+            part, anomaly_map, mask = _batch_rows(batch, prediction, map_size)
             rows.append(part)
             maps.append(anomaly_map)
             masks.append(mask)
@@ -373,15 +380,24 @@ def _write_evaluation(
     metrics_file,
     train_families,
     threshold=None,
+    precision='fp32',
 ) -> dict:
     "Every file of one evaluation into `folder` (a new, empty one), `metrics_file` last; returns the metrics."
     map_size = metric_map_size(dataset[0]['image'].shape[-2:], max_map_side)
-    table, maps, masks = predict_dataset(model, dataset, batch_size=batch_size, progress=progress, map_size=map_size)
+    table, maps, masks = predict_dataset(
+        model, dataset, batch_size=batch_size, progress=progress, map_size=map_size, precision=precision
+    )
     atomic_write(folder / 'predictions.csv', lambda tmp: table.to_csv(tmp, index=False))
     metrics, undefined = _all_metrics(table, maps, masks, level_values, train_families)
     if threshold is not None:
         metrics.update(decision_metrics(table, threshold))
-    metrics.update(n_images=len(table), n_faulty=int(table.label.sum()), map_size=list(map_size), **(info or {}))
+    metrics.update(
+        n_images=len(table),
+        n_faulty=int(table.label.sum()),
+        map_size=list(map_size),
+        precision=precision,
+        **(info or {}),
+    )
     if name:
         metrics['name'] = name
     metrics['undefined'] = undefined
@@ -405,8 +421,9 @@ def evaluate_model(
     metrics_file: str = 'metrics.json',
     train_families=None,
     threshold: dict | None = None,
+    precision: str = 'fp32',
 ) -> dict:
-    """Predict `dataset` with `model` (anything whose `predict` returns `anomaly_map`, `score`, `severity`) and write
+    """Predict `dataset` with `model` (in `precision`: `predict_dataset`) (anything whose `predict` returns `anomaly_map`, `score`, `severity`) and write
     `out_dir/{predictions.csv, figures/*.png, report.md, metrics.json}`; returns the metrics (every `METRIC_NAMES` entry,
     `by_defect` (`defect_metrics`), plus `n_images`, `n_faulty`, `map_size` and `info`). With `train_families` (the fault
     families the severity head trained on; [] for none) also `train_families` and the `heldout_*` numbers of
@@ -436,6 +453,7 @@ def evaluate_model(
             metrics_file,
             train_families,
             threshold,
+            precision,
         )
         os.replace(partial, out_dir / READY)
     finally:
@@ -468,6 +486,7 @@ def evaluation_dataset(config, data, domain=None) -> FolderDataset:
         'test',
         domain,
         image_size=getattr(config, 'image_size', None),
+        resize=getattr(config, 'resize', None),
         float_range=float_range,
         float_clip=bool(getattr(config, 'float_clip', False)),  # as the run read its training maps
     )
@@ -522,22 +541,34 @@ def _output_paths(folder: Path, out):
 
 # %% ../nbs/08_evaluate.ipynb #3916e34e
 def evaluate_run(
-    run, data, domain=None, out=None, batch_size: int = 16, progress: bool = True, weights=None, device=None
+    run,
+    data,
+    domain=None,
+    out=None,
+    batch_size: int = 16,
+    progress: bool = True,
+    weights=None,
+    device=None,
+    precision: str = 'run',
 ) -> dict:
     """Evaluate the run folder `run` on the test images of `data` (domain `domain`, default the training domain) and write
     metrics.json, predictions.csv, figures/ and report.md into `evaluation_folder` (`RUN/` for the training data and
     domain, `RUN/domains/<domain>/` for another domain, `RUN/datasets/<key>/<domain>/` for another dataset), or `out`.
-    `weights` goes to `load_run` (the encoder's weight source); `device` defaults to CUDA when available. Returns the
+    `weights` goes to `load_run` (the encoder's weight source); `device` defaults to CUDA when available; `precision` 'run'
+    is the run's training precision where the device runs it natively (`inference_precision`), or 'bf16' / 'fp32'. Returns the
     metrics with `domain`, `n_images`, `model`, `run`, `data`, `float_range`, `out` (the metrics file), `by_defect`, and
     `train_families` (`training_fault_families`) with the `heldout_*` numbers when the config records them, and the `decision_*` numbers (`decision_metrics`) when the run
     has a decision threshold (`RUN/threshold.json`)."""
     from sevdino.train import (
+        device_of,
+        inference_precision,
         load_run,
         read_threshold,
     )  # here, not at import time: training is a later chapter's concern
 
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = device_of(device)
     model, config = load_run(run, weights=weights, device=device)
+    precision = inference_precision(config, device, precision)
     dataset = evaluation_dataset(config, data, domain)
     evaluated = dataset.domains[0] if len(dataset.domains) == 1 else ','.join(dataset.domains)
     folder, metrics_file = _output_paths(evaluation_folder(run, config, data, domain), out)
@@ -562,6 +593,7 @@ def evaluate_run(
         metrics_file=metrics_file,
         train_families=training_fault_families(config),
         threshold=read_threshold(run),
+        precision=precision,
     )
 
 # %% ../nbs/08_evaluate.ipynb #b2f55f65
@@ -578,7 +610,14 @@ DOMAIN_COLUMNS = (
 
 
 def evaluate_domains(
-    run, data, domains=None, batch_size: int = 16, progress: bool = True, weights=None, device=None
+    run,
+    data,
+    domains=None,
+    batch_size: int = 16,
+    progress: bool = True,
+    weights=None,
+    device=None,
+    precision: str = 'run',
 ) -> pd.DataFrame:
     """Evaluate `run` on each of `domains` (default: the domains it trained on, else every domain of `data`) one at a
     time, each into its own `evaluation_folder` (`RUN/domains/<domain>/` for a run on several domains); returns one row
@@ -591,7 +630,14 @@ def evaluate_domains(
     rows = []
     for name in names:
         metrics = evaluate_run(
-            run, data, name, batch_size=batch_size, progress=progress, weights=weights, device=device
+            run,
+            data,
+            name,
+            batch_size=batch_size,
+            progress=progress,
+            weights=weights,
+            device=device,
+            precision=precision,
         )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         rows.append({'domain': name, **scalars})

@@ -5,14 +5,15 @@
 # %% auto #0
 __all__ = ['FIGURE_DPI', 'LEVEL_NAMES', 'DEFECT_METRICS', 'PIXEL_METRIC_MAX_SIDE', 'FIGURES', 'METRIC_MEANINGS', 'FIGURE_NOTES',
            'has_severity', 'format_number', 'plot_roc', 'plot_severity_scatter', 'plot_severity_by_level',
-           'plot_score_vs_severity', 'select_cases', 'map_colour_range', 'plot_overlays', 'save_figure', 'save_figures',
-           'defect_table', 'decision_lines', 'report_text']
+           'plot_score_vs_severity', 'select_cases', 'map_colour_range', 'plot_overlays', 'to_uint8', 'map_overlay',
+           'save_figure', 'save_figures', 'defect_table', 'decision_lines', 'report_text']
 
 # %% ../nbs/07_report.ipynb #c343268a
 import math
 from pathlib import Path
 
 # %% ../nbs/07_report.ipynb #463f3515
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -311,6 +312,24 @@ def plot_overlays(dataset, table, maps, masks, n: int = 4, colour_range=None) ->
         )
     fig.suptitle('Anomaly maps on one colour scale (white outline: true mask)', fontsize=10)
     return fig
+
+# %% ../nbs/07_report.ipynb #0v3rl4y2
+def to_uint8(image):
+    "An image tensor (3,H,W) in [0, 1] as an (H,W,3) uint8 array."
+    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def map_overlay(image, anomaly_map, map_range, alpha=0.55):
+    """The anomaly map (H,W) in `inferno` colours over a gray copy of `image` (3,H,W) in [0, 1], as (H,W,3) uint8. Every map is
+    put on the one scale `map_range` (vmin, vmax) and clipped to it, never stretched to its own maximum."""
+    vmin, vmax = map_range
+    if not vmax > vmin:
+        raise ValueError(f'map_overlay: map_range {map_range} must have vmax > vmin')
+    level = np.clip((np.asarray(anomaly_map, dtype=np.float32) - vmin) / (vmax - vmin), 0, 1)
+    colours = matplotlib.colormaps['inferno'](level)[..., :3]
+    gray = image.detach().float().mean(0).cpu().numpy()[..., None]
+    colours = np.where(np.isfinite(level)[..., None], colours, gray)  # NaN: not seen by the model (a crop's border)
+    return (((1 - alpha) * gray + alpha * colours) * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 # %% ../nbs/07_report.ipynb #50027c4d
 FIGURES = ('roc.png', 'severity_scatter.png', 'severity_by_level.png', 'score_vs_severity.png', 'overlays.png')

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['POOLINGS', 'DISCREPANCY_THRESHOLDS', 'HEAD_ACTIVATIONS', 'HEAD_INPUTS', 'RECON_ON', 'SEVERITY_LOSSES',
-           'AttentionPool', 'make_pooling', 'discrepancy_statistics', 'discrepancy_dim', 'SeverityHead',
-           'SeverityDinomaly', 'SeverityDinomalySettings', 'build_severity_dinomaly']
+           'AttentionPool', 'make_pooling', 'row_quantiles', 'discrepancy_statistics', 'discrepancy_dim',
+           'SeverityHead', 'SeverityDinomaly', 'SeverityDinomalySettings', 'build_severity_dinomaly']
 
 # %% ../nbs/05_severity.ipynb #692dff17
 from dataclasses import dataclass
@@ -64,6 +64,20 @@ class _Lambda(nn.Module):
 DISCREPANCY_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 
 
+def row_quantiles(x: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    "The quantiles `qs` of each row of `x` (B, N) as (B, len(qs)): `torch.quantile`'s linear interpolation (equal up to float rounding), from a sort, so that ONNX export (which has no quantile) traces it."
+    n = int(x.shape[1])
+    ordered = x.sort(dim=1).values
+    ranks = torch.tensor(qs, dtype=x.dtype) * (n - 1)  # in x's precision, as torch.quantile computes them
+    below = ranks.floor()
+    weights = ranks - below
+    columns = []
+    for low, weight in zip(below.tolist(), weights):
+        low = int(low)
+        columns.append(torch.lerp(ordered[:, low], ordered[:, min(low + 1, n - 1)], weight))
+    return torch.stack(columns, 1)
+
+
 def discrepancy_statistics(
     en: Sequence[torch.Tensor], de: Sequence[torch.Tensor], thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS
 ) -> torch.Tensor:
@@ -71,8 +85,8 @@ def discrepancy_statistics(
     stats = []
     for e, d in zip(en, de):
         dist = 1 - F.cosine_similarity(e.float(), d.float(), dim=-1)  # (B, N)
-        top = dist.topk(max(1, round(0.01 * dist.shape[1])), dim=1).values
-        q = torch.quantile(dist, torch.tensor([0.5, 0.9, 0.99], device=dist.device), dim=1).T
+        top = dist.topk(max(1, round(0.01 * int(dist.shape[1]))), dim=1).values
+        q = row_quantiles(dist, (0.5, 0.9, 0.99))
         levels = torch.stack(
             [dist.mean(1), dist.std(1, unbiased=False), q[:, 0], q[:, 1], q[:, 2], top.mean(1), dist.amax(1)], 1
         )

@@ -4,9 +4,8 @@
 
 # %% auto #0
 __all__ = ['ANNOTATION_COLUMNS', 'LEVEL_BUTTONS', 'AnnotationError', 'AnnotationWarning', 'answer_cells', 'SeverityAnnotations',
-           'release_annotations', 'images_to_annotate', 'to_uint8', 'map_overlay', 'png_bytes', 'predict_image',
-           'shared_map_range', 'spread', 'describe', 'close_widget', 'AnnotationTool', 'annotation_tool', 'Explorer',
-           'explorer']
+           'release_annotations', 'images_to_annotate', 'png_bytes', 'predict_image', 'shared_map_range', 'spread',
+           'describe', 'close_widget', 'AnnotationTool', 'annotation_tool', 'Explorer', 'explorer']
 
 # %% ../nbs/11_widgets.ipynb #9c95cc5c
 import csv
@@ -22,7 +21,6 @@ from pathlib import Path
 
 # %% ../nbs/11_widgets.ipynb #7a19415d
 import ipywidgets as widgets
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +40,8 @@ from sevdino.data import (
     ImageError,
     SeverityLabel,
 )
-from .data import dataset_float_range, find_domains, read_array, read_image, resize_image, severity_level
+from .data import dataset_float_range, find_domains, fit_image, read_array, read_image, severity_level
+from .report import map_overlay, to_uint8  # here too: the widgets' names of old
 
 # %% ../nbs/11_widgets.ipynb #bedc4236
 ANNOTATION_COLUMNS = ('path', 'severity', 'level')
@@ -582,23 +581,6 @@ def images_to_annotate(folder, domain=None, float_range=None):
     return folder, paths, float_range
 
 # %% ../nbs/11_widgets.ipynb #60553a5a
-def to_uint8(image):
-    "An image tensor (3,H,W) in [0, 1] as an (H,W,3) uint8 array."
-    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
-
-def map_overlay(image, anomaly_map, map_range, alpha=0.55):
-    """The anomaly map (H,W) in `inferno` colours over a gray copy of `image` (3,H,W) in [0, 1], as (H,W,3) uint8. Every map is
-    put on the one scale `map_range` (vmin, vmax) and clipped to it, never stretched to its own maximum."""
-    vmin, vmax = map_range
-    if not vmax > vmin:
-        raise ValueError(f'map_overlay: map_range {map_range} must have vmax > vmin')
-    level = np.clip((np.asarray(anomaly_map, dtype=np.float32) - vmin) / (vmax - vmin), 0, 1)
-    colours = matplotlib.colormaps['inferno'](level)[..., :3]
-    gray = image.detach().float().mean(0).cpu().numpy()[..., None]
-    return (((1 - alpha) * gray + alpha * colours) * 255 + 0.5).clip(0, 255).astype(np.uint8)
-
-
 def png_bytes(array, width=None):
     "PNG of an (H,W,3) uint8 array, scaled to `width` pixels wide (nearest neighbour when enlarging 2x or more, so small images stay crisp)."
     picture = PILImage.fromarray(array)
@@ -613,12 +595,22 @@ def png_bytes(array, width=None):
 
 # %% ../nbs/11_widgets.ipynb #b2a21c23
 @torch.no_grad()
-def predict_image(model, image, image_size=None):
+def predict_image(model, image, image_size=None, resize=None, precision='fp32'):
     """The model's view of one image (3,H,W): `(anomaly_map (H,W) numpy, score, severity)`, the image resized to `image_size`
-    (the run's) for the model and the map resized back to (H,W). `severity` is NaN for a model without a severity head."""
-    x = image if image_size is None else resize_image(image, image_size)
-    prediction = model.predict(x[None].to(model_device(model)))
+    (the run's; with the run's `resize`, resized to that and centre-cropped to `image_size`) for the model and the map resized
+    back to (H,W). The border a crop cut away was never seen: NaN there. `severity` is NaN for a model without a severity head.
+    `precision` 'bf16' predicts under bf16 autocast, as a run trained in bf16 is judged (`sevdino.train.inference_precision`)."""
+    x = image if image_size is None else fit_image(image, image_size, resize)
+    device = model_device(model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
+        prediction = model.predict(x[None].to(device))
     anomaly_map = prediction.anomaly_map.float()
+    if resize is not None and image_size is not None:  # the crop's map in its place on the resized canvas
+        (h, w), (H, W) = anomaly_map.shape[-2:], resize
+        canvas = torch.full((*anomaly_map.shape[:-2], H, W), math.nan)
+        top, left = (H - h) // 2, (W - w) // 2
+        canvas[..., top : top + h, left : left + w] = anomaly_map.cpu()
+        anomaly_map = canvas
     if anomaly_map.shape[-2:] != image.shape[-2:]:
         anomaly_map = F.interpolate(anomaly_map, size=tuple(image.shape[-2:]), mode='bilinear', align_corners=False)
     severity = math.nan if prediction.severity is None else float(prediction.severity[0])
@@ -686,8 +678,12 @@ class AnnotationTool(widgets.VBox):
         display_width=384,
         show_model_severity=False,
         float_clip=False,
+        resize=None,
+        precision='fp32',
     ):
         self.paths = [Path(p) for p in paths]
+        self.precision = precision  # the model's inference precision (`inference_precision` of its run)
+        self.resize = resize  # the run's resize before its centre crop to image_size
         self.float_clip = bool(
             float_clip
         )  # the run's reading of float maps (`float_clip`): what its model was trained on
@@ -780,7 +776,7 @@ def _view(self: AnnotationTool, path):
     if path not in self._cache:
         image = read_image(path, self.float_range, self.float_clip)
         view = (
-            (image, *predict_image(self.model, image, self.image_size))
+            (image, *predict_image(self.model, image, self.image_size, self.resize, self.precision))
             if self.model is not None
             else (image, None, math.nan, math.nan)
         )
@@ -874,17 +870,23 @@ def annotation_tool(
     map_range=None,
     display_width=384,
     show_model_severity=False,
+    device=None,
 ):
     """The expert annotation widget for the faulty images of a dataset `folder` (or every image of any folder, see `images_to_annotate`),
     saving to `out_csv` (default `root/severity.csv`; `root` defaults to `folder`). `run`: a run folder (its model, image size and
-    float range are used) or a model with `predict` (give `image_size`). Reopening the same `out_csv` resumes at the first unanswered image."""
+    float range are used; on `device`, in the precision it trained in: `inference_precision`) or a model with `predict` (give
+    `image_size`). Reopening the same `out_csv` resumes at the first unanswered image."""
     model = config = None
+    precision = 'fp32'
     if isinstance(run, (str, os.PathLike)):
         from sevdino.train import (
+            device_of,
+            inference_precision,
             load_run,
         )  # timm is imported only when a model is wanted: the tool opens in a second without one
 
-        model, config = load_run(run)
+        model, config = load_run(run, device=device_of(device))
+        precision = inference_precision(config, model_device(model))
         image_size, float_range = image_size or tuple(config.image_size), float_range or config.float_range
     elif run is not None:
         model = run
@@ -903,6 +905,8 @@ def annotation_tool(
         display_width=display_width,
         show_model_severity=show_model_severity,
         float_clip=bool(getattr(config, 'float_clip', False)),
+        resize=getattr(config, 'resize', None),
+        precision=precision,
     )
 
 # %% ../nbs/11_widgets.ipynb #0b98fa45
@@ -912,10 +916,10 @@ class Explorer(widgets.VBox):
     map (one colour scale, `map_range`) and the model's score and severity for both. State after each change: `clean`, `faulty`,
     `mask`, `realised`, `maps`, `scores`, `severities`."""
 
-    def __init__(self, dataset, model=None, map_range=None, max_severity=10.0, display_width=288):
+    def __init__(self, dataset, model=None, map_range=None, max_severity=10.0, display_width=288, precision='fp32'):
         if len(dataset) == 0:
             raise ValueError('Explorer: the dataset is empty')
-        self.dataset, self.model, self.display_width = dataset, model, display_width
+        self.dataset, self.model, self.display_width, self.precision = dataset, model, display_width, precision
         shape = tuple(dataset[0]['image'].shape)
         if model is not None and any(s % PATCH_SIZE for s in shape[-2:]):
             raise ValueError(
@@ -987,7 +991,9 @@ def _controls(self: Explorer, names, first_good, max_severity):
 @patch
 @torch.no_grad()
 def _predict(self: Explorer, images):
-    prediction = self.model.predict(images.to(model_device(self.model)))
+    device = model_device(self.model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == 'bf16'):
+        prediction = self.model.predict(images.to(device))
     severity = (
         torch.full((len(images),), math.nan) if prediction.severity is None else prediction.severity.float().cpu()
     )
@@ -1046,15 +1052,25 @@ def figure(self: Explorer, dpi=80):  # noqa: F811 (AnnotationTool.figure is anot
 
 # %% ../nbs/11_widgets.ipynb #1bade0eb
 def explorer(
-    run_or_model, dataset_or_folder, domain=None, image_size=None, float_range=None, map_range=None, display_width=288
+    run_or_model,
+    dataset_or_folder,
+    domain=None,
+    image_size=None,
+    float_range=None,
+    map_range=None,
+    display_width=288,
+    device=None,
 ):
     """The explorer widget. `run_or_model`: a run folder (its model, image size and float range), a model with `predict`, or None (faults only).
-    `dataset_or_folder`: a dataset of items with `image`, or a dataset folder (its test images, of `domain`, at the run's image size)."""
+    `dataset_or_folder`: a dataset of items with `image`, or a dataset folder (its test images, of `domain`, at the run's image size).
+    A run is loaded on `device` and predicts in the precision it trained in (`inference_precision`)."""
     model = config = None
+    precision = 'fp32'
     if isinstance(run_or_model, (str, os.PathLike)):
-        from sevdino.train import load_run  # see annotation_tool
+        from sevdino.train import device_of, inference_precision, load_run  # see annotation_tool
 
-        model, config = load_run(run_or_model)
+        model, config = load_run(run_or_model, device=device_of(device))
+        precision = inference_precision(config, model_device(model))
     else:
         model = run_or_model
     dataset = dataset_or_folder
@@ -1066,7 +1082,8 @@ def explorer(
             'test',
             domain=domain,
             image_size=image_size,
+            resize=getattr(config, 'resize', None),
             float_range=float_range,
             float_clip=bool(getattr(config, 'float_clip', False)),
         )
-    return Explorer(dataset, model=model, map_range=map_range, display_width=display_width)
+    return Explorer(dataset, model=model, map_range=map_range, display_width=display_width, precision=precision)

@@ -127,9 +127,9 @@ def test_a_plugin_model_trains_evaluates_and_predicts_through_the_command(plugin
     code, out, err = sevdino(env, 'predict', '--run', run, image)
     assert code == 0, err
     header, row = out.strip().splitlines()[-2:]
-    assert header == 'path,score,severity,faulty'
-    path, score, severity, faulty = row.split(',')
-    assert path == str(image) and float(score) >= 0 and severity == 'nan' and faulty in ('0', '1')
+    assert header == 'path,score,severity,faulty,threshold'
+    path, score, severity, faulty, threshold = row.split(',')
+    assert path == str(image) and float(score) >= 0 and severity == '' and faulty in ('0', '1') and float(threshold) > 0
 
     code, out, err = sevdino(env, 'train', '--model', 'toy', '--data', data, '--out', root / 'r2', '--width', '4')
     assert code == 2 and err.strip() == (

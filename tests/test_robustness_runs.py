@@ -138,6 +138,7 @@ def test_an_empty_existing_folder_is_fine(data, tmp_path):
         'config.json',
         'log.csv',
         'model.safetensors',
+        'provenance.json',
         'threshold.json',
     ]
 
@@ -235,7 +236,10 @@ def test_output_path_that_is_a_folder(finished_run, data, tmp_path):
     folder = tmp_path / 'predictions.csv'
     folder.mkdir()
     image = next((Path(data) / 'A' / 'test').rglob('*.tiff'))
-    one_line_error(*sevdino('predict', '--run', finished_run, '--out', folder, image), f'{folder}: Is a directory')
+    one_line_error(
+        *sevdino('predict', '--run', finished_run, '--out', folder, image),
+        f'{folder}: a folder; --out names the CSV file',
+    )
     assert list(folder.iterdir()) == []
 
 
