@@ -410,10 +410,11 @@ def export_run(run, format: str, out, image_size=None) -> Path:
 
 # %% ../nbs/11_deploy.ipynb #6e6ae8cd
 class ExportedModel:
-    "An exported model file (.onnx: onnxruntime; .xml: OpenVINO) with `predict(images) -> Prediction`, and the run's `config`, `threshold` and `info` from its metadata."
+    "An exported model file (.onnx: onnxruntime; .xml: OpenVINO) with `predict(images) -> Prediction`, and the run's `config`, `threshold` and `info` from its metadata; it runs on `threads` CPU threads (default: PyTorch's)."
 
-    def __init__(self, path, precision: str = 'run'):
+    def __init__(self, path, precision: str = 'run', threads: int | None = None):
         self.path = Path(path)
+        threads = int(threads or torch.get_num_threads())  # as many as PyTorch uses here: comparable speeds
         if not self.path.is_file():
             raise ConfigError(f'{self.path}: no such exported model file')
         if precision not in ('run', 'bf16', 'fp32'):
@@ -421,8 +422,10 @@ class ExportedModel:
         suffix = self.path.suffix.lower()
         if suffix == '.onnx':
             ort = _needs('onnxruntime', 'running an ONNX model')
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             try:
-                self.session = ort.InferenceSession(str(self.path), providers=['CPUExecutionProvider'])
+                self.session = ort.InferenceSession(str(self.path), options, providers=['CPUExecutionProvider'])
                 meta = self.session.get_modelmeta().custom_metadata_map.get('sevdino')
             except Exception as e:
                 raise ConfigError(f'{self.path}: not a readable ONNX model ({type(e).__name__}: {e})') from None
@@ -437,7 +440,10 @@ class ExportedModel:
                 raise ConfigError(f'{self.path}: not a readable OpenVINO model ({type(e).__name__}: {e})') from None
             native = 'BF16' in core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
             self.precision = 'bf16' if precision == 'bf16' or (precision == 'run' and native) else 'fp32'
-            hint = {'INFERENCE_PRECISION_HINT': 'bf16' if self.precision == 'bf16' else 'f32'}
+            hint = {
+                'INFERENCE_PRECISION_HINT': 'bf16' if self.precision == 'bf16' else 'f32',
+                'INFERENCE_NUM_THREADS': threads,
+            }
             self.compiled = core.compile_model(model, 'CPU', hint)
             self.runtime = 'openvino'
         else:
