@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['ABLATION_AXES', 'NOT_ABLATED', 'RESULT_FILE', 'RESULT_INDEPENDENT', 'SUMMARY_METRICS', 'LOWER_IS_BETTER',
-           'value_label', 'parse_axis', 'ablation_cells', 'scalar_metrics', 'settings_changes', 'check_cell',
-           'run_cell', 'run_grid', 'summarize', 'ablation_markdown', 'plot_heatmap', 'plot_axis', 'plot_grid', 'ablate']
+           'value_label', 'parse_axis', 'ablation_cells', 'scalar_metrics', 'run_seconds_per_step', 'settings_changes',
+           'check_cell', 'run_cell', 'run_grid', 'summarize', 'ablation_markdown', 'plot_heatmap', 'plot_axis',
+           'plot_grid', 'ablate']
 
 # %% ../nbs/09_ablation.ipynb #098bb9a1
 import itertools
@@ -24,7 +25,7 @@ from .core import ConfigError, atomic_write, atomic_write_text, parse_value
 from .data import domain_names, find_domains
 from .evaluate import evaluate_run
 from .report import FIGURE_DPI
-from .train import TrainConfig, check_memory, fit
+from .train import TrainConfig, check_memory, fit, step_seconds
 
 # %% ../nbs/09_ablation.ipynb #f4f7e7de
 ABLATION_AXES = {
@@ -111,8 +112,18 @@ RESULT_INDEPENDENT = ('out', 'checkpoint_every')  # settings that do not change 
 
 
 def scalar_metrics(metrics: dict) -> dict:
-    "The numeric entries of a `metrics.json` (per-level and per-defect tables and texts left out)."
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    "The numeric entries of a `metrics.json` (per-level tables and texts left out), and each defect's detection numbers of `by_defect` as `DEFECT_image_auroc` and `DEFECT_image_tpr_fpr1` (e.g. `hline_image_auroc`)."
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for defect, numbers in (metrics.get('by_defect') or {}).items():
+        for name in ('image_auroc', 'image_tpr_fpr1'):
+            if isinstance(numbers.get(name), (int, float)):
+                scalars[f'{defect}_{name}'] = float(numbers[name])
+    return scalars
+
+
+def run_seconds_per_step(run) -> float:
+    "The median wall time of a training step of `run` (`step_seconds`); NaN without a training log."
+    return step_seconds(run) if (Path(run) / 'log.csv').exists() else float('nan')
 
 
 def _by_name(config: TrainConfig, resolved: bool) -> dict:
@@ -236,7 +247,9 @@ def run_grid(
             print(f'[{i + 1}/{len(plan)}] {name} seed {seed}', flush=True)
         effective = {f'axis:{a}': value_label(getattr(config, a)) if hasattr(config, a) else '' for a in axes}
         for row in run_cell(config, eval_domains, progress, train, evaluate):
-            rows.append({'cell': name, 'seed': seed, **effective, **row})
+            rows.append(
+                {'cell': name, 'seed': seed, **effective, **row, 'seconds_per_step': run_seconds_per_step(config.out)}
+            )
         table = pd.DataFrame(rows)
         atomic_write(out / 'results.csv', lambda tmp: table.to_csv(tmp, index=False))
     return pd.DataFrame(rows)

@@ -20,7 +20,7 @@ from fastcore.basics import patch
 # %% ../nbs/05_severity.ipynb #e475f3ea
 from .augment import FAULT_FAMILIES, create_severity_training_batch
 from .core import Prediction, at_least, between, evaluating, register_model, setting
-from .dinomaly import Dinomaly, DinomalyFeatures, DinomalySettings
+from .dinomaly import Dinomaly, DinomalyFeatures, DinomalySettings, dinomaly_kwargs
 from .encoder import DinoEncoder
 
 # %% ../nbs/05_severity.ipynb #02efa29a
@@ -212,7 +212,7 @@ def losses(
     augmented: Optional[torch.Tensor] = None,
 ) -> dict:
     "Training losses for a batch: `loss`, `recon_loss`, `severity_loss`, `severity_mae` (augmented samples), `severity_pred`."
-    features = self.forward_features(images)
+    features = self.forward_features(images, step)
     if augmented is None:
         augmented = (
             torch.zeros(len(images), dtype=torch.bool, device=images.device)
@@ -298,14 +298,11 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
         'max_severity',
         'aug_ratio',
         'families',
-        'bottleneck_dropout',
-        'decoder_depth',
     )
     return SeverityDinomaly(
         encoder,
         head_hidden=tuple(settings.head_hidden),
-        hm_warm_steps=settings.hard_mining_ramp,
-        remove_class_token=not settings.prefix_tokens,
+        **dinomaly_kwargs(settings),
         **{n: getattr(settings, n) for n in names},
     )
 
