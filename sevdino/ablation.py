@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['ABLATION_AXES', 'NOT_ABLATED', 'RESULT_FILE', 'RESULT_INDEPENDENT', 'SUMMARY_METRICS', 'LOWER_IS_BETTER',
            'value_label', 'parse_axis', 'ablation_cells', 'scalar_metrics', 'run_seconds_per_step', 'settings_changes',
-           'check_cell', 'run_cell', 'run_grid', 'summarize', 'ablation_markdown', 'plot_heatmap', 'plot_axis',
-           'plot_grid', 'ablate']
+           'check_cell', 'run_cell', 'run_grid', 'summarize', 'markdown_rows', 'ablation_markdown', 'plot_heatmap',
+           'plot_axis', 'plot_grid', 'ablate']
 
 # %% ../nbs/09_ablation.ipynb #098bb9a1
 import itertools
@@ -278,7 +278,21 @@ def summarize(results: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     return summary.reset_index()
 
 # %% ../nbs/09_ablation.ipynb #4c5868f7
-LOWER_IS_BETTER = ('severity_mae', 'severity_mse')
+LOWER_IS_BETTER = ('severity_mae', 'severity_mse', 'seconds_per_step')
+
+
+def markdown_rows(part: pd.DataFrame, metrics) -> list:
+    "The lines of one markdown table of a summary (`cell`, `n_seeds`, `METRIC_mean`, `METRIC_std`): mean ± sd per cell and metric, the best mean in bold (lowest for `LOWER_IS_BETTER`)."
+    lines = ['| cell | seeds | ' + ' | '.join(metrics) + ' |', '|---|---|' + '---|' * len(metrics)]
+    best = {m: (part[f'{m}_mean'].min() if m in LOWER_IS_BETTER else part[f'{m}_mean'].max()) for m in metrics}
+    for _, r in part.iterrows():
+        cells = []
+        for m in metrics:
+            mean, std = r[f'{m}_mean'], r[f'{m}_std']
+            text = 'NaN' if pd.isna(mean) else f'{mean:.3f}' + ('' if pd.isna(std) else f' ± {std:.3f}')
+            cells.append(f'**{text}**' if not pd.isna(mean) and mean == best[m] else text)
+        lines.append(f'| {r.cell} | {r.n_seeds} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def ablation_markdown(summary: pd.DataFrame, metrics=SUMMARY_METRICS) -> str:
@@ -286,21 +300,7 @@ def ablation_markdown(summary: pd.DataFrame, metrics=SUMMARY_METRICS) -> str:
     metrics = [m for m in metrics if f'{m}_mean' in summary.columns and summary[f'{m}_mean'].notna().any()]
     lines = []
     for domain, part in summary.groupby('domain', sort=False):
-        lines += [
-            f'### Evaluated on {domain}' if domain else '### Evaluation',
-            '',
-            '| cell | seeds | ' + ' | '.join(metrics) + ' |',
-            '|---|---|' + '---|' * len(metrics),
-        ]
-        best = {m: (part[f'{m}_mean'].min() if m in LOWER_IS_BETTER else part[f'{m}_mean'].max()) for m in metrics}
-        for _, r in part.iterrows():
-            cells = []
-            for m in metrics:
-                mean, std = r[f'{m}_mean'], r[f'{m}_std']
-                text = 'NaN' if pd.isna(mean) else f'{mean:.3f}' + ('' if pd.isna(std) else f' ± {std:.3f}')
-                cells.append(f'**{text}**' if not pd.isna(mean) and mean == best[m] else text)
-            lines.append(f'| {r.cell} | {r.n_seeds} | ' + ' | '.join(cells) + ' |')
-        lines.append('')
+        lines += [f'### Evaluated on {domain}' if domain else '### Evaluation', '', *markdown_rows(part, metrics), '']
     return '\n'.join(lines)
 
 # %% ../nbs/09_ablation.ipynb #0bebe2cf
