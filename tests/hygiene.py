@@ -406,6 +406,50 @@ def output_problems(repo):
     return problems
 
 
+# --- the docs build runs no notebook code but imports and definitions ------------------------------
+
+_DOCS_RUN_DIRECTIVES = ('export', 'exports', 'exporti', 'exec_doc')
+
+
+def docs_execution_problems(repo):
+    """Code cells that the docs build would run although they are neither exported nor marked
+    `#| exec_doc`. `nbdev_proc_nbs` executes every cell that contains an import (so that `show_doc`
+    can see the names), whatever else the cell does: a test or a training written in the same cell as
+    its imports runs again at every docs build, and made it take longer than its time limit. Such a
+    cell must hold imports only; the code that uses them goes in the next cell. Cells marked
+    `#| eval: false` are never run and are not checked. Returns a list of problems."""
+    repo = Path(repo).resolve()
+    nbs, _ = project_paths(repo)
+    problems = []
+    for nb_path in notebooks(nbs):
+        rel = nb_path.relative_to(repo).as_posix()
+        try:
+            cells = _cells(nb_path)
+        except ValueError as e:
+            problems.append(f'{rel}: cannot read its cells ({e}); is it valid nbformat JSON?')
+            continue
+        for k, cell in enumerate(cells, 1):
+            source = _source(cell)
+            if cell.get('cell_type') != 'code' or _has_directive(source, 'eval', 'false'):
+                continue
+            if any(_has_directive(source, name) for name in _DOCS_RUN_DIRECTIVES):
+                continue
+            parsed = _parse_cell(source)
+            if parsed is None:
+                continue
+            tree = parsed[1]
+            if not any(isinstance(node, (ast.Import, ast.ImportFrom)) for node in ast.walk(tree)):
+                continue
+            others = [node for node in tree.body if not isinstance(node, (ast.Import, ast.ImportFrom))]
+            if others:
+                problems.append(
+                    f'{rel} cell {k} (first line: `{_first_code_line(source)}`) imports and also runs code '
+                    f'(line {others[0].lineno} of its code), so the docs build runs that code too: move the '
+                    "imports into an import-only cell (or the notebook's import cell)"
+                )
+    return problems
+
+
 # --- chapters import only earlier chapters -----------------------------------------------------------
 
 _CHAPTER_NAME = re.compile(r'\d+_')

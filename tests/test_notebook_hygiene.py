@@ -233,6 +233,34 @@ def test_output_check_catches_a_figure_whose_output_was_deleted(tmp_path):
     assert 'has no output (it draws a figure)' in problems[0]
 
 
+# --- the docs build runs imports, not tests ----------------------------------------------------------
+
+
+def test_no_cell_makes_the_docs_build_run_its_code():
+    problems = hygiene.docs_execution_problems(REPO)
+    assert not problems, hygiene.report(problems, 'cells whose code the docs build would run')
+
+
+def test_docs_execution_check_catches_code_next_to_an_import(tiny_project):
+    _add_cells(
+        tiny_project / 'nbs' / '00_tiny.ipynb',
+        'import math',  # imports only: fine
+        '#| exec_doc\nimport math\nprint(math.pi)',  # asked for: fine
+        '#| eval: false\nimport math\nprint(math.pi)',  # never run: fine
+        'def f():\n    import math\n\n    return math.pi',  # nested import: the docs build runs the cell
+        'import math\n\nprint(math.pi)',
+        '#| slow\nfrom math import pi\nx = pi',
+    )
+    problems = hygiene.docs_execution_problems(tiny_project)
+    n = len(json.loads((tiny_project / 'nbs' / '00_tiny.ipynb').read_text())['cells'])
+    assert [p.split(' (first line')[0] for p in problems] == [
+        f'nbs/00_tiny.ipynb cell {n - 2}',
+        f'nbs/00_tiny.ipynb cell {n - 1}',
+        f'nbs/00_tiny.ipynb cell {n}',
+    ], problems
+    assert 'line 3 of its code' in problems[1] and 'import-only cell' in problems[1]
+
+
 # --- chapters import only earlier chapters --------------------------------------------------------
 
 
