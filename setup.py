@@ -26,6 +26,7 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = shlex.split(cfg.get('dev_requirements') or '')
 export_requirements = shlex.split(cfg.get('export_requirements') or '')  # sevdino export / predict --model
+distributed_requirements = shlex.split(cfg.get('distributed_requirements') or '')  # --executor ray
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -39,7 +40,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['sevdino', 'sevdino.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'export': export_requirements},
+    extras_require={'dev': dev_requirements, 'export': export_requirements, 'distributed': distributed_requirements},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -210,9 +210,13 @@ def run_grid(
     train=fit,
     evaluate=evaluate_run,
     label: str = 'ablation cell',
+    executor=None,
 ) -> pd.DataFrame:
     """Train and evaluate every (cell, seed) under `out/runs/`, skipping finished runs (and evaluating only the domains
-    they lack); returns (and writes `out/results.csv`) one row per run and domain. Every cell is checked first
+    they lack); returns (and writes `out/results.csv`) one row per run and domain, in the plan's order. The runs go one
+    after another in this process, or to `executor`: a callable `(configs, eval_domains, progress)` yielding
+    `(index, rows of run_cell)` as each run finishes, in any order (`RayExecutor` of the distributed chapter runs them
+    as Ray tasks; `train` and `evaluate` are then its own). Every cell is checked first
     (settings, `check_cell`, `check_memory`): a cell too big for the machine, or a run folder recorded with other settings, stops the grid before anything, `plan.json` included, is
     written; its line names the cell (`label`, the cell's name) and the run folder."""
     out = Path(out)
@@ -241,18 +245,30 @@ def run_grid(
             indent=1,
         ),
     )
-    rows = []
-    for i, ((name, seed), config) in enumerate(plan.items()):
-        if progress:
-            print(f'[{i + 1}/{len(plan)}] {name} seed {seed}', flush=True)
-        effective = {f'axis:{a}': value_label(getattr(config, a)) if hasattr(config, a) else '' for a in axes}
-        for row in run_cell(config, eval_domains, progress, train, evaluate):
-            rows.append(
-                {'cell': name, 'seed': seed, **effective, **row, 'seconds_per_step': run_seconds_per_step(config.out)}
-            )
+    jobs = list(plan.items())
+
+    def one_by_one():
+        for i, ((name, seed), config) in enumerate(jobs):
+            if progress:
+                print(f'[{i + 1}/{len(jobs)}] {name} seed {seed}', flush=True)
+            yield i, run_cell(config, eval_domains, progress, train, evaluate)
+
+    finished = {}
+    table = pd.DataFrame()
+    runs = one_by_one() if executor is None else executor([c for _, c in jobs], eval_domains, progress)
+    for i, cell_rows in runs:
+        finished[i] = cell_rows
+        rows = []
+        for k in sorted(finished):  # the plan's order, whatever order the runs finish in
+            (name, seed), config = jobs[k]
+            effective = {f'axis:{a}': value_label(getattr(config, a)) if hasattr(config, a) else '' for a in axes}
+            seconds = run_seconds_per_step(config.out)
+            rows += [
+                {'cell': name, 'seed': seed, **effective, **row, 'seconds_per_step': seconds} for row in finished[k]
+            ]
         table = pd.DataFrame(rows)
         atomic_write(out / 'results.csv', lambda tmp: table.to_csv(tmp, index=False))
-    return pd.DataFrame(rows)
+    return table
 
 # %% ../nbs/09_ablation.ipynb #9eea4d7a
 SUMMARY_METRICS = (
@@ -366,11 +382,12 @@ def ablate(
     progress: bool = True,
     train=fit,
     evaluate=evaluate_run,
+    executor=None,
 ) -> dict:
-    "Run (or resume) an ablation into `out`; returns the paths of `results.csv`, `summary.csv`, `ablation.md` and the figures."
+    "Run (or resume) an ablation into `out` (its runs one after another, or on `executor`: `run_grid`); returns the paths of `results.csv`, `summary.csv`, `ablation.md` and the figures."
     out = Path(out)
     cells = ablation_cells(base, axes, full)
-    results = run_grid(base, cells, out, seeds, eval_domains, progress, train, evaluate)
+    results = run_grid(base, cells, out, seeds, eval_domains, progress, train, evaluate, executor=executor)
     summary = summarize(results, metrics)
     atomic_write(out / 'summary.csv', lambda tmp: summary.to_csv(tmp, index=False))
     figures = out / 'figures'

@@ -7,9 +7,9 @@ __all__ = ['SETTING_DEST', 'REQUIRED_SETTINGS', 'FLAG_ALIASES', 'COMMANDS', 'fla
            'shown', 'default_text', 'metavar', 'flag_help', 'add_setting_flags', 'typed_settings', 'check_model_reads',
            'config_from_args', 'add_demo_args', 'cmd_demo', 'add_make_dataset_args', 'cmd_make_dataset',
            'add_device_args', 'add_train_args', 'cmd_train', 'add_evaluate_args', 'cmd_evaluate', 'add_predict_args',
-           'cmd_predict', 'add_export_args', 'cmd_export', 'add_ablate_args', 'ablation_axes_from_args', 'cmd_ablate',
-           'add_compare_args', 'cmd_compare', 'add_bench_args', 'cmd_bench', 'HelpFormatter', 'build_parser',
-           'user_errors', 'error_line', 'main']
+           'cmd_predict', 'add_export_args', 'cmd_export', 'add_executor_args', 'executor_from_args', 'add_ablate_args',
+           'ablation_axes_from_args', 'cmd_ablate', 'add_compare_args', 'cmd_compare', 'add_bench_args', 'cmd_bench',
+           'HelpFormatter', 'build_parser', 'user_errors', 'error_line', 'main']
 
 # %% ../nbs/14_cli.ipynb #915b8fe7
 import argparse
@@ -307,6 +307,13 @@ def add_train_args(parser):
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     add_device_args(parser, precision=False)  # training's precision is the --precision setting, kept in config.json
     parser.add_argument(
+        '--devices',
+        type=int,
+        default=1,
+        help='train over N processes (data parallel, under torchrun): one per GPU, or gloo processes sharing the CPU cores; '
+        'the batch size is the global one',
+    )
+    parser.add_argument(
         '--print-config',
         action='store_true',
         help='print the resolved settings as JSON (as config.json will hold them) and exit without training',
@@ -323,9 +330,17 @@ def cmd_train(args):
     if args.print_config:  # float_range null: taken from the training images when the run starts
         print(json.dumps(config.resolved().to_dict(), indent=2))
         return
+    if args.devices != 1 and 'WORLD_SIZE' not in os.environ:  # not yet one of torchrun's processes: start them
+        from sevdino.distributed import launch_data_parallel
+
+        code = launch_data_parallel(args.argv, args.devices, config, device, resume=args.resume)
+        if code:
+            raise SystemExit(code)
+        return
     start = time.time()
     run = fit(config, resume=args.resume, progress=not args.quiet, device=device)
-    print(f'trained {run} in {time.time() - start:.0f} s')
+    if os.environ.get('RANK', '0') == '0':  # one line for a data-parallel run too
+        print(f'trained {run} in {time.time() - start:.0f} s')
 
 
 def add_evaluate_args(parser):
@@ -484,6 +499,37 @@ def _seeds(text) -> tuple:
     return seeds
 
 
+def add_executor_args(parser):
+    "`--executor`, `--address`, `--cpus-per-cell`, `--gpus-per-cell` of `ablate` and `compare`: where the grid's runs go."
+    parser.add_argument(
+        '--executor',
+        default='local',
+        choices=('local', 'ray'),
+        help="local: one run after another in this process; ray: each run a Ray task (pip install 'sevdino[distributed]')",
+    )
+    parser.add_argument(
+        '--address', help='Ray cluster to run on, HOST:PORT of its head (default: start Ray on this machine)'
+    )
+    parser.add_argument('--cpus-per-cell', type=float, default=1.0, help='CPUs each Ray task asks for (default 1)')
+    parser.add_argument('--gpus-per-cell', type=float, default=0.0, help='GPUs each Ray task asks for (default 0)')
+
+
+def executor_from_args(args):
+    "The grid's executor: None (local) or a `RayExecutor`; `ConfigError` for Ray options without `--executor ray`."
+    from sevdino.core import ConfigError
+
+    if args.executor == 'local':
+        given = [f for f, v in (('--address', args.address), ('--gpus-per-cell', args.gpus_per_cell)) if v]
+        if given or args.cpus_per_cell != 1.0:
+            raise ConfigError(f'{", ".join(given) or "--cpus-per-cell"}: Ray options; add --executor ray')
+        return None
+    from sevdino.distributed import RayExecutor
+
+    if args.cpus_per_cell <= 0 or args.gpus_per_cell < 0:
+        raise ConfigError('--cpus-per-cell must be > 0 and --gpus-per-cell >= 0')
+    return RayExecutor(args.address, args.cpus_per_cell, args.gpus_per_cell)
+
+
 def add_ablate_args(parser):
     "Options of `sevdino ablate`: the grid's and a flag per setting of the base run."
     from sevdino.ablation import ABLATION_AXES
@@ -505,6 +551,7 @@ def add_ablate_args(parser):
         '--eval-domains', help='domains to evaluate each run on, comma-separated (default: the trained one)'
     )
     parser.add_argument('--quiet', action='store_true')
+    add_executor_args(parser)
     return add_setting_flags(parser)
 
 
@@ -539,6 +586,7 @@ def cmd_ablate(args):
         seeds=seeds,
         eval_domains=_csv_list(args.eval_domains) or None,
         progress=not args.quiet,
+        executor=executor_from_args(args),
     )
     print(paths['report'].read_text())
     print(f'ablation in {base.out}: {time.time() - start:.0f} s')
@@ -558,6 +606,7 @@ def add_compare_args(parser):
         help=f'DRAEM-SevNet base width (published 128; default {CPU_WIDTH} for CPUs)',
     )
     parser.add_argument('--quiet', action='store_true')
+    add_executor_args(parser)
     return add_setting_flags(parser)
 
 
@@ -578,6 +627,7 @@ def cmd_compare(args):
         eval_domains=_csv_list(args.eval_domains) or None,
         draem_width=args.draem_width,
         progress=not args.quiet,
+        executor=executor_from_args(args),
     )
     print(result['report'].read_text())
     print(f'comparison in {base.out}: {time.time() - start:.0f} s')
@@ -684,6 +734,7 @@ def main(argv=None) -> int:
     errors = user_errors()
     try:
         args = build_parser(command).parse_args(argv)
+        args.argv = argv  # what `train --devices` hands to the processes it starts
         COMMANDS[command][2](args)
     except errors as e:  # KeyboardInterrupt and our own bugs (TypeError, ...) keep their tracebacks
         print(f'sevdino {command}: error: {error_line(e)}', file=sys.stderr)

@@ -693,14 +693,29 @@ def plot_comparison(results: pd.DataFrame, metrics=('image_auroc', 'severity_ran
 
 
 def compare(
-    base: TrainConfig, out, seeds=(0, 1), eval_domains=None, draem_width: int = CPU_WIDTH, progress: bool = True
+    base: TrainConfig,
+    out,
+    seeds=(0, 1),
+    eval_domains=None,
+    draem_width: int = CPU_WIDTH,
+    progress: bool = True,
+    executor=None,
 ) -> dict:
     """Train and evaluate SeverityDinomaly, plain Dinomaly and DRAEM-SevNet like `base` (resumable; a finished run is
     reused only for the same settings, and evaluated on the domains it lacks: `run_grid`); write `comparison.csv`,
-    `comparison.md` and `comparison.png` in `out`."""
+    `comparison.md` and `comparison.png` in `out`. `executor`: where the runs go (`run_grid`)."""
     out = Path(out)
     results = with_severity_rank(
-        run_grid(base, comparison_cells(draem_width), out, seeds, eval_domains, progress, label='comparison cell'),
+        run_grid(
+            base,
+            comparison_cells(draem_width),
+            out,
+            seeds,
+            eval_domains,
+            progress,
+            label='comparison cell',
+            executor=executor,
+        ),
         out,
         base,
     )

@@ -20,7 +20,16 @@ from fastcore.basics import patch
 # %% ../nbs/05_severity.ipynb #e475f3ea
 from .augment import FAULT_FAMILIES, create_severity_training_batch
 from .core import Prediction, at_least, between, evaluating, register_model, setting
-from .dinomaly import Dinomaly, DinomalyFeatures, DinomalySettings, dinomaly_kwargs
+from sevdino.dinomaly import (
+    BatchDropout,
+    Dinomaly,
+    DinomalyFeatures,
+    DinomalySettings,
+    current_shard,
+    dinomaly_kwargs,
+    global_sum,
+    shard_rows,
+)
 from .encoder import DinoEncoder
 
 # %% ../nbs/05_severity.ipynb #02efa29a
@@ -116,7 +125,7 @@ class SeverityHead(nn.Module):
         for i, h in enumerate(hidden):
             layers += [nn.Linear(width, h), nn.ReLU()]
             if i == 0 and dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(BatchDropout(dropout))  # nn.Dropout, and the same per sample in data-parallel runs
             width = h
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
@@ -220,7 +229,7 @@ def losses(
             else severity_target > 0
         )
     clean = ~augmented
-    if self.recon_on == 'all' or not clean.any():
+    if self.recon_on == 'all' or global_sum(int(clean.sum())) == 0:  # clean images of any process
         recon = self.reconstruction_loss(features.en, features.de, step)
     else:
         recon = self.reconstruction_loss(features.en, features.de, step, samples=clean)
@@ -231,9 +240,13 @@ def losses(
         loss_fn = F.mse_loss if self.severity_loss_kind == 'mse' else F.smooth_l1_loss
         sev = loss_fn(pred / self.max_severity, target / self.max_severity)
         out.update(severity_loss=sev, loss=recon + self.severity_weight * sev, severity_pred=pred.detach())
-        out['severity_mae'] = (
-            (pred.detach() - target)[augmented].abs().mean() if augmented.any() else torch.tensor(float('nan'))
-        )
+        if current_shard() is None:
+            out['severity_mae'] = (
+                (pred.detach() - target)[augmented].abs().mean() if augmented.any() else torch.tensor(float('nan'))
+            )
+        else:  # over the augmented images of every process
+            errors, count = global_sum((pred.detach() - target)[augmented].abs().sum()), global_sum(augmented.sum())
+            out['severity_mae'] = torch.tensor(errors / count if count else float('nan'))
     return out
 
 
@@ -309,7 +322,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
 # %% ../nbs/05_severity.ipynb #bcc19d97
 @patch
 def training_losses(self: SeverityDinomaly, batch, step=0, generator=None) -> dict:
-    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`."
+    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
     targets = augmented = None
     if self.aug_ratio > 0:
         with torch.autocast(batch.device.type, enabled=False):
@@ -322,7 +335,8 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None) -> di
                 return_details=True,
             )
         batch, targets, augmented = faulty.to(batch.device), targets.to(batch.device), augmented.to(batch.device)
-    return self.losses(batch, step, targets, augmented)
+        targets, augmented = shard_rows(targets), shard_rows(augmented)
+    return self.losses(shard_rows(batch), step, targets, augmented)
 
 
 @patch

@@ -10,8 +10,8 @@ __all__ = ['PRECISIONS', 'MAX_SEED', 'REFERENCE_REGIME', 'PRESETS', 'LEGACY_FIEL
            'check_memory', 'build_model', 'trainable_state_dict', 'load_trainable_state_dict', 'save_checkpoint',
            'load_latest_checkpoint', 'TrainingError', 'TrainingImages', 'load_training_images', 'batch_indices',
            'step_seconds', 'make_optimizer', 'clip_gradients', 'step_losses', 'run_provenance', 'holdout_indices',
-           'decision_threshold', 'holdout_scores', 'threshold_record', 'read_threshold', 'first_non_finite', 'fit',
-           'read_config', 'load_run', 'foreign_files', 'check_run_folder']
+           'decision_threshold', 'holdout_scores', 'threshold_record', 'read_threshold', 'check_data_parallel',
+           'DataParallel', 'first_non_finite', 'fit', 'read_config', 'load_run', 'foreign_files', 'check_run_folder']
 
 # %% ../nbs/06_train.ipynb #5ed3561f
 import csv
@@ -32,7 +32,9 @@ from typing import Optional
 # %% ../nbs/06_train.ipynb #25de6e9e
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 from fastcore.basics import patch
@@ -56,6 +58,7 @@ from sevdino.core import (
     setting,
 )
 from .data import FolderDataset, describe_inputs, domain_names, find_domains
+from .dinomaly import BatchShard, DinomalySettings, batch_shard
 from .encoder import DinoEncoder, weights_line, weights_record
 
 # %% ../nbs/06_train.ipynb #662f0d13
@@ -121,7 +124,7 @@ PRESETS = {
     ),
     'cpu': dict(
         about="sevdino's defaults, fast on a CPU: ViT-S/14 (the bundled weights when there is no hub cache), resize straight to 224, "
-        '1000 steps of batch 16, patch tokens only, eps 1e-8',
+        '1000 steps of batch 16, patch tokens only, eps 1e-8, hard mining ramped over a tenth of the steps (the reference ratio)',
         values=dict(
             encoder='vit_small_patch14_dinov2',
             weights='auto',
@@ -131,7 +134,7 @@ PRESETS = {
             batch_size=16,
             optimizer_eps=1e-8,
             prefix_tokens=False,
-            hard_mining_ramp=1000,
+            hard_mining_ramp=None,
         ),
     ),
 }
@@ -323,10 +326,13 @@ def check_together(self: TrainConfig):
 
 @patch
 def resolved(self: TrainConfig) -> TrainConfig:
-    "A copy with the model's defaults filled in where a setting says 'default' (`lr`, `warmup_steps`)."
+    "A copy with the defaults filled in that follow other settings (`lr`, `warmup_steps`, and a Dinomaly model's `hard_mining_ramp`: a tenth of the steps, the reference's 1000 of 10k)."
     lr = model_entry(self.model).lr if self.lr is None else self.lr
     warmup = min(100, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
-    return dataclasses.replace(self, lr=lr, warmup_steps=warmup)
+    settings = self.settings
+    if getattr(settings, 'hard_mining_ramp', 0) is None:
+        settings = dataclasses.replace(settings, hard_mining_ramp=self.steps // 10)
+    return dataclasses.replace(self, lr=lr, warmup_steps=warmup, settings=settings)
 
 
 @patch
@@ -811,10 +817,99 @@ def read_threshold(run) -> Optional[dict]:
         raise ConfigError(f'{file}: threshold {threshold} or max_fpr {max_fpr} out of range; train the run again')
     return record
 
+# %% ../nbs/06_train.ipynb #t6ddp002
+def check_data_parallel(config: TrainConfig, world: int, device=None) -> None:
+    "`ConfigError` naming the setting when `config` cannot train over `world` processes on `device`."
+    if not isinstance(config.settings, DinomalySettings):
+        raise ConfigError(
+            f'model {config.model!r}: data-parallel training (--devices, torchrun) is for the Dinomaly models; '
+            'train it in one process'
+        )
+    if config.settings.loss != 'cosine-hm' or config.settings.map_pool != 'mean':
+        raise ConfigError(
+            f'loss={config.settings.loss!r}, map_pool={config.settings.map_pool!r}: data-parallel training needs '
+            "loss='cosine-hm' and map_pool='mean' (the others pool over the whole batch); train in one process"
+        )
+    if world < 1 or config.batch_size % world:
+        raise ConfigError(
+            f'batch_size={config.batch_size}: does not split evenly over {world} processes '
+            '(--devices, or torchrun --nproc-per-node); give a batch size divisible by it'
+        )
+    device = torch.device(device or 'cpu')
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', world))
+    if device.type == 'cuda' and local > torch.cuda.device_count():
+        raise ConfigError(
+            f'{local} processes on this machine but {torch.cuda.device_count()} CUDA GPUs: one process per GPU'
+        )
+
+
+class _TrainingStep(nn.Module):
+    "A model's `training_losses` as `forward`, for `DistributedDataParallel` to wrap (it averages gradients of what its forward computed)."
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, step, generator):
+        return self.model.training_losses(batch, step, generator)
+
+
+class _ParallelModel:
+    "What the training loop calls in a data-parallel run: `training_losses` through `DistributedDataParallel`."
+
+    def __init__(self, wrapped):
+        self.wrapped = wrapped
+
+    def training_losses(self, batch, step=0, generator=None):
+        return self.wrapped(batch, step, generator)
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    "This process of a data-parallel run: its `rank` among `world` processes, `local_rank` on its machine (torchrun's RANK, WORLD_SIZE, LOCAL_RANK)."
+
+    rank: int
+    world: int
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ=None) -> Optional['DataParallel']:
+        "The process torchrun started (its environment variables), or None in a run of one process."
+        environ = os.environ if environ is None else environ
+        world = int(environ.get('WORLD_SIZE', '1'))
+        if world <= 1:
+            return None
+        return cls(int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0')))
+
+    def shard(self, batch_size: int, device) -> BatchShard:
+        "This process's rows of a global batch of `batch_size`."
+        size = batch_size // self.world
+        return BatchShard(self.rank * size, size, batch_size, str(device))
+
+    def wrap(self, model, device) -> _ParallelModel:
+        "`model` with `training_losses` whose gradients `DistributedDataParallel` averages over the processes."
+        device = torch.device(device)
+        ids = [device.index if device.index is not None else self.local_rank] if device.type == 'cuda' else None
+        # find_unused_parameters: a severity head at weight 0 (or no fault in a batch) gets no gradient in a step
+        return _ParallelModel(
+            DistributedDataParallel(_TrainingStep(model), device_ids=ids, find_unused_parameters=True)
+        )
+
+    def mean(self, values: dict, device) -> dict:
+        "{name: mean over the processes} of the float `values` (the same in every process afterwards)."
+        names = list(values)
+        if not names:
+            return {}
+        total = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return {n: float(v) / self.world for n, v in zip(names, total.tolist())}
+
 # %% ../nbs/06_train.ipynb #t6loop02
-def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.device) -> Path:
-    "`fit` within the lock of the run folder: the model built and the images read before the first write, then the loop."
+def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.device, parallel=None) -> Path:
+    "`fit` within the lock of the run folder: the model built and the images read before the first write, then the loop. Under data parallelism (`parallel`, a `DataParallel`) every process trains on its rows of each batch and only the first writes."
     config, checkpoint = _prepare_run(config, resume)
+    writer = parallel is None or parallel.rank == 0
+    progress = progress and writer
     out, ckpt_dir = Path(config.out), Path(config.out) / 'checkpoint'
     loaded = load_training_images(config)
     config.float_range, config.float_ranges = loaded.float_range, loaded.float_ranges
@@ -826,10 +921,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.devi
     provenance = run_provenance(model, paths)
     if progress and provenance['weights']:
         print(weights_line(provenance['weights']), file=sys.stderr, flush=True)
-    for folder in (out, ckpt_dir):
-        remove_temporary_files(folder)  # left by a killed write
-    atomic_write_text(out / 'config.json', json.dumps(config.to_dict(), indent=2))
-    atomic_write_text(out / PROVENANCE_FILE, json.dumps(provenance, indent=1))
+    if writer:
+        for folder in (out, ckpt_dir):
+            remove_temporary_files(folder)  # left by a killed write
+        atomic_write_text(out / 'config.json', json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(out / PROVENANCE_FILE, json.dumps(provenance, indent=1))
     optimizer, scheduler = make_optimizer(model, config)
     start = 0
     if checkpoint is not None:
@@ -846,7 +942,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.devi
     rows = _read_log(out / 'log.csv', start)
     precision = resolve_precision(config.precision, device)
     model.train()
-    with open(out / 'log.csv', 'w', newline='') as log_file:
+    stepper = model if parallel is None else parallel.wrap(model, device)
+    with open(out / 'log.csv' if writer else os.devnull, 'w', newline='') as log_file:
         log = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
         log.writeheader()
         log.writerows(rows)
@@ -857,7 +954,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.devi
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
             torch.manual_seed(_step_seed(config.seed, step) + 1)  # dropout
             batch = images[batch_indices(len(images), config.batch_size, config.seed, step)]
-            losses = step_losses(model, config, batch, step, generator, precision, device)
+            with batch_shard(None if parallel is None else parallel.shard(config.batch_size, device)):
+                losses = step_losses(stepper, config, batch, step, generator, precision, device)
             loss = losses['loss'].float()
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -875,14 +973,18 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.devi
             }
             for key in ('loss', 'recon_loss', 'severity_loss', 'severity_mae'):
                 row[key] = float(losses[key].detach()) if key in losses else ''
+            if parallel is not None:  # the mean over the processes: the global batch's loss
+                row.update(parallel.mean({k: v for k, v in row.items() if k in losses}, device))
             log.writerow(row)
             bar.set_postfix({k: f'{row[k]:.4f}' for k in ('loss', 'recon_loss', 'severity_loss') if row[k] != ''})
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            if writer and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
                 log_file.flush()
                 os.fsync(log_file.fileno())
                 _finite_weights(model, out, step + 1)
                 save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler)
     weights = save(_finite_weights(model, out, config.steps))
+    if not writer:
+        return out
     if held:
         record = threshold_record(model, holdout, holdout_paths, config, device)
         atomic_write_text(out / THRESHOLD_FILE, json.dumps(record, indent=1))
@@ -914,10 +1016,38 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, device
     "Train the model of `config` into its run folder (resuming from the last checkpoint when `resume`); returns the folder. Before anything is read or written every setting is validated, the memory estimated (`check_memory`) and the folder checked (`check_run_folder`); the folder is locked while training (`run_lock`)."
     config = TrainConfig.from_dict(config.to_dict()).resolved().validate()
     device = device_of(device)
+    parallel = DataParallel.from_env()
+    if parallel is not None:
+        return _fit_data_parallel(config, resume, progress, device, parallel)
     check_memory(config, device)
     check_run_folder(config.out)
     with run_lock(config.out):
         return _train(config, resume, progress, device)
+
+
+def _fit_data_parallel(config: TrainConfig, resume: bool, progress: bool, device, parallel: DataParallel) -> Path:
+    "`fit` in one process of a data-parallel run: every process checks, then rank 0 locks the folder and writes."
+    check_data_parallel(config, parallel.world, device)
+    if device.type == 'cuda':
+        device = torch.device('cuda', parallel.local_rank)
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    try:
+        check_memory(config, device)
+        check_run_folder(config.out)
+        dist.barrier()  # every process has read the folder before rank 0 writes to it
+        if parallel.rank == 0:
+            with run_lock(config.out):
+                out = _train(config, resume, progress, device, parallel)
+        else:
+            out = _train(config, resume, progress, device, parallel)
+        dist.barrier()  # the weights and threshold are written when any process returns
+        return out
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 # %% ../nbs/06_train.ipynb #88172945
 def read_config(path) -> TrainConfig:
