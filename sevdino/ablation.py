@@ -253,20 +253,18 @@ def run_grid(
                 print(f'[{i + 1}/{len(jobs)}] {name} seed {seed}', flush=True)
             yield i, run_cell(config, eval_domains, progress, train, evaluate)
 
-    finished = {}
+    finished = {}  # plan index: that run's table rows
     table = pd.DataFrame()
     runs = one_by_one() if executor is None else executor([c for _, c in jobs], eval_domains, progress)
     for i, cell_rows in runs:
-        finished[i] = cell_rows
-        rows = []
-        for k in sorted(finished):  # the plan's order, whatever order the runs finish in
-            (name, seed), config = jobs[k]
-            effective = {f'axis:{a}': value_label(getattr(config, a)) if hasattr(config, a) else '' for a in axes}
-            seconds = run_seconds_per_step(config.out)
-            rows += [
-                {'cell': name, 'seed': seed, **effective, **row, 'seconds_per_step': seconds} for row in finished[k]
-            ]
-        table = pd.DataFrame(rows)
+        (name, seed), config = jobs[i]
+        effective = {f'axis:{a}': value_label(getattr(config, a)) if hasattr(config, a) else '' for a in axes}
+        seconds = run_seconds_per_step(config.out)
+        finished[i] = [
+            {'cell': name, 'seed': seed, **effective, **row, 'seconds_per_step': seconds} for row in cell_rows
+        ]
+        # the plan's order, whatever order the runs finish in
+        table = pd.DataFrame([row for k in sorted(finished) for row in finished[k]])
         atomic_write(out / 'results.csv', lambda tmp: table.to_csv(tmp, index=False))
     return table
 
