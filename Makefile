@@ -19,10 +19,12 @@ demo: $(STAMP)
 	$(BIN)/sevdino demo
 
 # Notebook tests first (their cells are the library's inline tests), then pytest, whose closing
-# line ends the run.
+# line ends the run. Two at a time, each on one thread: on a 2-core machine two torch processes of
+# two threads each fight over the cores and the whole suite takes about twice as long.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers $(TEST_WORKERS) --timing
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 # Lint and format check (settings in pyproject.toml); `make export` formats.
 lint: $(STAMP)

@@ -190,6 +190,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, required: str = 'required
             metavar=metavar(fields),
             help=text,
         )
+    if 'feature_cache' in readers:
+        groups['run'].add_argument(
+            '--no-cache',
+            dest=SETTING_DEST + 'feature_cache',
+            action='store_const',
+            const='off',
+            default=argparse.SUPPRESS,
+            help='the same as --feature-cache off: the frozen encoder runs at every step',
+        )
     parser.epilog = (
         'Lists are comma-separated (--families hline,curve), none unsets an optional setting, '
         'and a flag the chosen --model does not read is an error.'
@@ -356,6 +365,11 @@ def add_evaluate_args(parser):
         help='metrics file or folder (default: RUN/ for the data and domain it trained on, RUN/domains/DOMAIN/ for another domain, RUN/datasets/NAME-HASH/DOMAIN/ for another dataset)',
     )
     parser.add_argument('--quiet', action='store_true')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='compile the model for inference (torch.compile, frozen weights): faster on large test sets, after about a minute of compiling',
+    )
     add_device_args(parser)
 
 
@@ -374,7 +388,13 @@ def cmd_evaluate(args):
         if args.out:
             raise ConfigError(f'--out {args.out}: give it with one --domain; several go to RUN/domains/<domain>/')
         table = evaluate_domains(
-            args.run, args.data, wanted, progress=not args.quiet, device=device, precision=args.precision
+            args.run,
+            args.data,
+            wanted,
+            progress=not args.quiet,
+            device=device,
+            precision=args.precision,
+            compile=args.compile,
         )
         print(domains_markdown(table))
         print(f'wrote {table.attrs["summary"]} and a folder per domain beside it')
@@ -387,6 +407,7 @@ def cmd_evaluate(args):
         progress=not args.quiet,
         device=device,
         precision=args.precision,
+        compile=args.compile,
     )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
 
@@ -641,10 +662,11 @@ def add_bench_args(parser):
 
 
 def cmd_bench(args):
-    "`sevdino bench`: speed and memory of the benchmark models on this machine (the benchmark chapter's `cmd_bench`)."
+    "`sevdino bench`: speed and memory of the benchmark models on this machine (the benchmark chapter's `cmd_bench`; `--demo-training` times the demo chapter's trainings)."
     from sevdino.bench import cmd_bench
+    from sevdino.demo import demo_config
 
-    return cmd_bench(args)
+    return cmd_bench(args, demo_config)
 
 # %% ../nbs/14_cli.ipynb #322447f8
 class HelpFormatter(argparse.HelpFormatter):

@@ -507,9 +507,9 @@ def noisy_bottleneck_input(self: Dinomaly, x, grid):
 
 
 @patch
-def forward_features(self: Dinomaly, images, step=None):
-    "One encoder pass and one decoder pass: `DinomalyFeatures` for [0, 1] images (B, 3, H, W), H and W multiples of the patch size; `step` (training) ramps the decoder's band dropout in."
-    taps = self.encode(images)
+def forward_features(self: Dinomaly, images, step=None, taps=None):
+    "One encoder pass and one decoder pass: `DinomalyFeatures` for [0, 1] images (B, 3, H, W), H and W multiples of the patch size; `step` (training) ramps the decoder's band dropout in. Given `taps` (what `encode(images)` returns, e.g. from a feature cache), the encoder does not run."
+    taps = self.encode(images) if taps is None else taps
     grid = tuple(int(s) for s in self.encoder.grid(*images.shape[-2:]))
     bottleneck_input = torch.stack(taps).mean(0)
     bottleneck = self.bottleneck(self.noisy_bottleneck_input(bottleneck_input, grid))
@@ -926,9 +926,10 @@ def build_dinomaly(settings: DinomalySettings, weights=None) -> Dinomaly:
 
 # %% ../nbs/04_dinomaly.ipynb #0f2e769e
 @patch
-def training_losses(self: Dinomaly, batch, step=0, generator=None) -> dict:
-    "One step's losses on normal images `batch` (B,3,H,W): the reconstruction loss (plain Dinomaly draws no faults: `generator` is unused). Under a `batch_shard`, `batch` is the global batch and this process trains on its rows."
-    features = self.forward_features(shard_rows(batch), step)
+def training_losses(self: Dinomaly, batch, step=0, generator=None, encoded=None) -> dict:
+    "One step's losses on normal images `batch` (B,3,H,W): the reconstruction loss (plain Dinomaly draws no faults: `generator` is unused). `encoded`: the taps of `batch` from a feature cache (`cache_features`); the encoder then does not run. Under a `batch_shard`, `batch` is the global batch and this process trains on its rows."
+    taps = None if encoded is None else [shard_rows(t) for t in encoded]
+    features = self.forward_features(shard_rows(batch), step, taps)
     loss = self.reconstruction_loss(features.en, features.de, step)
     return {'loss': loss, 'recon_loss': loss}
 
@@ -953,6 +954,18 @@ def configure_optimizer(self: Dinomaly, config):
         return rate / config.lr
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@patch
+def cache_features(self: Dinomaly, images) -> list:
+    "What a feature cache keeps per training image: the frozen encoder's taps of `images` (`encode`), which `training_losses(..., encoded=)` takes back. The encoder is frozen and training draws no augmentation of the clean images, so the taps of an image never change."
+    return self.encode(images)
+
+
+@patch
+def compile_parts(self: Dinomaly) -> list:
+    "The modules a run with `compile` on compiles (`torch.compile`): the bottleneck and each decoder block, where training spends its time; the frozen encoder runs once per image under a feature cache."
+    return [self.bottleneck, *self.decoder]
 
 
 @patch

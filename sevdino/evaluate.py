@@ -113,14 +113,21 @@ def _batch_rows(batch: dict, prediction, map_size) -> tuple:
 
 # %% ../nbs/08_evaluate.ipynb #acf7ed67
 def predict_dataset(
-    model, dataset, batch_size: int = 16, progress: bool = True, map_size=None, precision: str = 'fp32'
+    model,
+    dataset,
+    batch_size: int = 16,
+    progress: bool = True,
+    map_size=None,
+    precision: str = 'fp32',
+    compile: bool = False,
 ):
     """Run `model.predict` over `dataset` in batches: `(table, maps, masks)`.
 
     `table`: a DataFrame with columns `PREDICTION_COLUMNS`, one row per image in dataset order (`severity_pred` NaN when
     the model has no severity head); `maps`: float32 (N, H, W) anomaly maps; `masks`: bool (N, H, W). `map_size` (h, w)
     shrinks maps and masks consistently (area averaging); None keeps the input resolution. `precision` 'bf16' runs the
-    model under bf16 autocast (its maps' smoothing, score and severity stay fp32), as a run trained in bf16 is judged."""
+    model under bf16 autocast (its maps' smoothing, score and severity stay fp32), as a run trained in bf16 is judged.
+    `compile` runs a `CompiledPredictor` of the model (one compile for the batch size: worth it for large datasets)."""
     if precision not in ('bf16', 'fp32'):
         raise ValueError(f"predict_dataset: precision must be 'bf16' or 'fp32', got {precision!r}")
     if len(dataset) == 0:
@@ -134,9 +141,15 @@ def predict_dataset(
         evaluating(model),
         tqdm(total=len(dataset), desc='predict', unit='img', disable=not progress, file=sys.stderr) as bar,
     ):
+        if compile:
+            from sevdino.train import CompiledPredictor  # as evaluate_run imports the training chapter
+
+            predict = CompiledPredictor(model, batch_size).predict
+        else:
+            predict = model.predict
         for batch in loader:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16'):
-                prediction = model.predict(batch['image'].to(device))
+                prediction = predict(batch['image'].to(device))
             part, anomaly_map, mask = _batch_rows(batch, prediction, map_size)
             rows.append(part)
             maps.append(anomaly_map)
@@ -397,11 +410,18 @@ def _write_evaluation(
     train_families,
     threshold=None,
     precision='fp32',
+    compile=False,
 ) -> dict:
     "Every file of one evaluation into `folder` (a new, empty one), `metrics_file` last; returns the metrics."
     map_size = metric_map_size(dataset[0]['image'].shape[-2:], max_map_side)
     table, maps, masks = predict_dataset(
-        model, dataset, batch_size=batch_size, progress=progress, map_size=map_size, precision=precision
+        model,
+        dataset,
+        batch_size=batch_size,
+        progress=progress,
+        map_size=map_size,
+        precision=precision,
+        compile=compile,
     )
     atomic_write(folder / 'predictions.csv', lambda tmp: table.to_csv(tmp, index=False))
     metrics, undefined = _all_metrics(table, maps, masks, level_values, train_families)
@@ -438,8 +458,9 @@ def evaluate_model(
     train_families=None,
     threshold: dict | None = None,
     precision: str = 'fp32',
+    compile: bool = False,
 ) -> dict:
-    """Predict `dataset` with `model` (in `precision`: `predict_dataset`) (anything whose `predict` returns `anomaly_map`, `score`, `severity`) and write
+    """Predict `dataset` with `model` (in `precision`, compiled with `compile`: `predict_dataset`) (anything whose `predict` returns `anomaly_map`, `score`, `severity`) and write
     `out_dir/{predictions.csv, figures/*.png, report.md, metrics.json}`; returns the metrics (every `METRIC_NAMES` entry,
     `by_defect` (`defect_metrics`), plus `n_images`, `n_faulty`, `map_size` and `info`). With `train_families` (the fault
     families the severity head trained on; [] for none) also `train_families` and the `heldout_*` numbers of
@@ -470,6 +491,7 @@ def evaluate_model(
             train_families,
             threshold,
             precision,
+            compile,
         )
         os.replace(partial, out_dir / READY)
     finally:
@@ -566,12 +588,14 @@ def evaluate_run(
     weights=None,
     device=None,
     precision: str = 'run',
+    compile: bool = False,
 ) -> dict:
     """Evaluate the run folder `run` on the test images of `data` (domain `domain`, default the training domain) and write
     metrics.json, predictions.csv, figures/ and report.md into `evaluation_folder` (`RUN/` for the training data and
     domain, `RUN/domains/<domain>/` for another domain, `RUN/datasets/<key>/<domain>/` for another dataset), or `out`.
     `weights` goes to `load_run` (the encoder's weight source); `device` defaults to CUDA when available; `precision` 'run'
-    is the run's training precision where the device runs it natively (`inference_precision`), or 'bf16' / 'fp32'. Returns the
+    is the run's training precision where the device runs it natively (`inference_precision`), or 'bf16' / 'fp32'; `compile`
+    compiles the model's predict (`predict_dataset`). Returns the
     metrics with `domain`, `n_images`, `model`, `run`, `data`, `float_range`, `out` (the metrics file), `by_defect`, and
     `train_families` (`training_fault_families`) with the `heldout_*` numbers when the config records them, and the `decision_*` numbers (`decision_metrics`) when the run
     has a decision threshold (`RUN/threshold.json`)."""
@@ -610,6 +634,7 @@ def evaluate_run(
         train_families=training_fault_families(config),
         threshold=read_threshold(run),
         precision=precision,
+        compile=compile,
     )
 
 # %% ../nbs/08_evaluate.ipynb #b2f55f65
@@ -634,6 +659,7 @@ def evaluate_domains(
     weights=None,
     device=None,
     precision: str = 'run',
+    compile: bool = False,
 ) -> pd.DataFrame:
     """Evaluate `run` on each of `domains` (default: the domains it trained on, else every domain of `data`) one at a
     time, each into its own `evaluation_folder` (`RUN/domains/<domain>/` for a run on several domains); returns one row
@@ -654,6 +680,7 @@ def evaluate_domains(
             weights=weights,
             device=device,
             precision=precision,
+            compile=compile,
         )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         rows.append({'domain': name, **scalars})

@@ -199,6 +199,12 @@ class SeverityDinomaly(Dinomaly):
         return torch.cat(parts, dim=1)
 
 # %% ../nbs/05_severity.ipynb #5e0a1b01
+@patch(as_prop=True)
+def cache_pays(self: SeverityDinomaly) -> bool:
+    "Whether a feature cache saves this model encoder time: only without synthetic faults (`aug_ratio` 0), since the faulty images of a batch are encoded padded to the whole batch (see the feature-cache test below)."
+    return self.aug_ratio == 0
+
+
 @patch
 def get_bottleneck_features(self: SeverityDinomaly, images: torch.Tensor) -> torch.Tensor:
     "Bottleneck tokens (B, N, D) of `images`. A public helper: it runs the encoder, so never call it beside `forward_features`."
@@ -219,9 +225,10 @@ def losses(
     step: int = 0,
     severity_target: Optional[torch.Tensor] = None,
     augmented: Optional[torch.Tensor] = None,
+    taps: Optional[list] = None,
 ) -> dict:
-    "Training losses for a batch: `loss`, `recon_loss`, `severity_loss`, `severity_mae` (augmented samples), `severity_pred`."
-    features = self.forward_features(images, step)
+    "Training losses for a batch: `loss`, `recon_loss`, `severity_loss`, `severity_mae` (augmented samples), `severity_pred`. `taps`: the encoder's taps of `images`, when they are known (`forward_features`)."
+    features = self.forward_features(images, step, taps)
     if augmented is None:
         augmented = (
             torch.zeros(len(images), dtype=torch.bool, device=images.device)
@@ -321,8 +328,8 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
 
 # %% ../nbs/05_severity.ipynb #bcc19d97
 @patch
-def training_losses(self: SeverityDinomaly, batch, step=0, generator=None) -> dict:
-    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
+def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encoded=None) -> dict:
+    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs on the faulty images only. Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
     targets = augmented = None
     if self.aug_ratio > 0:
         with torch.autocast(batch.device.type, enabled=False):
@@ -336,7 +343,17 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None) -> di
             )
         batch, targets, augmented = faulty.to(batch.device), targets.to(batch.device), augmented.to(batch.device)
         targets, augmented = shard_rows(targets), shard_rows(augmented)
-    return self.losses(shard_rows(batch), step, targets, augmented)
+    images, taps = shard_rows(batch), None
+    if encoded is not None:
+        taps = [shard_rows(t) for t in encoded]
+        if augmented is not None and bool(augmented.any()):  # a fault changes the image: its taps are computed
+            faulty = images[augmented]
+            # padded to the batch's size: a smaller batch rounds differently, and its taps would move the whole run
+            padded = torch.cat([faulty, images[: len(images) - len(faulty)]])
+            taps = [t.clone() for t in taps]
+            for tap, fresh in zip(taps, self.encode(padded)):
+                tap[augmented] = fresh[: len(faulty)]
+    return self.losses(images, step, targets, augmented, taps)
 
 
 @patch
