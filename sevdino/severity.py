@@ -329,7 +329,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
 # %% ../nbs/05_severity.ipynb #bcc19d97
 @patch
 def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encoded=None) -> dict:
-    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs on the faulty images only. Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
+    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs for the faulty images only, padded to the batch's size (bit-identical steps). Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
     targets = augmented = None
     if self.aug_ratio > 0:
         with torch.autocast(batch.device.type, enabled=False):

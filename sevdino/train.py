@@ -258,7 +258,7 @@ class TrainConfig(Settings):
         'auto',
         "the frozen encoder's taps of the training images, computed once and reused every step: auto keeps them in "
         'memory within feature_cache_gib, else in a memory-mapped file in the run folder, and skips the cache where the '
-        'model has none or the run encodes fewer images than the cache would; memory, disk force one; off (--no-cache) '
+        'model has none, cannot gain from it (SeverityDinomaly with faults) or encodes fewer images than the cache would; memory, disk force one; off (--no-cache) '
         'runs the encoder every step. The losses are the same either way',
         choices=FEATURE_CACHES,
     )
