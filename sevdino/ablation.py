@@ -276,8 +276,10 @@ SUMMARY_METRICS = (
     'pixel_aupro',
     'severity_spearman',
     'heldout_severity_spearman',
+    'size_spearman',
     'severity_mae',
     'score_truth_spearman',
+    'size_score_spearman',
     'c_index',
 )
 

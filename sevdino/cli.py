@@ -7,9 +7,10 @@ __all__ = ['SETTING_DEST', 'REQUIRED_SETTINGS', 'FLAG_ALIASES', 'COMMANDS', 'fla
            'shown', 'default_text', 'metavar', 'flag_help', 'add_setting_flags', 'typed_settings', 'check_model_reads',
            'config_from_args', 'add_demo_args', 'cmd_demo', 'add_make_dataset_args', 'cmd_make_dataset',
            'add_device_args', 'add_train_args', 'cmd_train', 'add_evaluate_args', 'cmd_evaluate', 'add_predict_args',
-           'cmd_predict', 'add_export_args', 'cmd_export', 'add_executor_args', 'executor_from_args', 'add_ablate_args',
-           'ablation_axes_from_args', 'cmd_ablate', 'add_compare_args', 'cmd_compare', 'add_bench_args', 'cmd_bench',
-           'HelpFormatter', 'build_parser', 'user_errors', 'error_line', 'main']
+           'cmd_predict', 'add_export_args', 'cmd_export', 'add_calibrate_args', 'cmd_calibrate', 'add_executor_args',
+           'executor_from_args', 'add_ablate_args', 'ablation_axes_from_args', 'cmd_ablate', 'add_compare_args',
+           'cmd_compare', 'add_bench_args', 'cmd_bench', 'HelpFormatter', 'build_parser', 'user_errors', 'error_line',
+           'main']
 
 # %% ../nbs/14_cli.ipynb #915b8fe7
 import argparse
@@ -370,6 +371,11 @@ def add_evaluate_args(parser):
         action='store_true',
         help='compile the model for inference (torch.compile, frozen weights): faster on large test sets, after about a minute of compiling',
     )
+    parser.add_argument(
+        '--target-normals',
+        choices=('location', 'group'),
+        help="first align the model's distances to the tested domain's own normal images (train/good), per token or per group; the evaluation goes to DOMAIN+normals-MODE",
+    )
     add_device_args(parser)
 
 
@@ -395,6 +401,7 @@ def cmd_evaluate(args):
             device=device,
             precision=args.precision,
             compile=args.compile,
+            target_normals=args.target_normals,
         )
         print(domains_markdown(table))
         print(f'wrote {table.attrs["summary"]} and a folder per domain beside it')
@@ -408,6 +415,7 @@ def cmd_evaluate(args):
         device=device,
         precision=args.precision,
         compile=args.compile,
+        target_normals=args.target_normals,
     )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
 
@@ -502,6 +510,40 @@ def cmd_export(args):
     start = time.time()
     out = export_run(args.run, args.format, args.out, image_size=size)
     print(f'exported {args.run} to {out} ({args.format}) in {time.time() - start:.0f} s')
+
+# %% ../nbs/14_cli.ipynb #39bc712b
+def add_calibrate_args(parser):
+    "Options of `sevdino calibrate`."
+    parser.add_argument('--run', required=True, help='the run folder whose severity readout is fitted')
+    parser.add_argument(
+        '--labels',
+        required=True,
+        help='a severity CSV of expert grades (path,severity; what the annotation tool writes)',
+    )
+    parser.add_argument('--data', help="the dataset the CSV's paths are relative to (default: the run's)")
+    parser.add_argument('--domain', help="the graded images' domain (default: the run's)")
+    parser.add_argument('--quiet', action='store_true')
+    add_device_args(parser)
+
+
+def cmd_calibrate(args):
+    "`sevdino calibrate`: fit the run's severity readout to expert grades (`sevdino.evaluate.calibrate_run`)."
+    from sevdino.evaluate import calibrate_run
+
+    info = calibrate_run(
+        args.run,
+        args.labels,
+        data=args.data,
+        domain=args.domain,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+    print(
+        f'fitted the severity readout of {args.run} to {info["n"]} grades (ridge alpha {info["alpha"]:g}); '
+        f'{info["cv_folds"]}-fold cross-validated on the grades: Spearman {info["cv_spearman"]:.3f}, MAE {info["cv_mae"]:.3f}. '
+        f'Evaluate the run again: earlier evaluations are of the uncalibrated readout.'
+    )
 
 # %% ../nbs/14_cli.ipynb #546e1828
 def _csv_list(text) -> list:
@@ -615,7 +657,7 @@ def cmd_ablate(args):
 
 def add_compare_args(parser):
     "Options of `sevdino compare`: its own and a flag per setting of the base run (all but `--model`)."
-    from sevdino.draem_sevnet import CPU_WIDTH
+    from sevdino.draem_sevnet import CPU_WIDTH, DRAEM_MODELS
 
     parser.usage = '%(prog)s --data DIR --out DIR [--seeds S1,S2] [--draem-width N] [options] [--SETTING VALUE ...]'
     parser.add_argument('--seeds', default='0,1', help='seeds per model, comma-separated')
@@ -625,6 +667,12 @@ def add_compare_args(parser):
         type=int,
         default=CPU_WIDTH,
         help=f'DRAEM-SevNet base width (published 128; default {CPU_WIDTH} for CPUs)',
+    )
+    parser.add_argument(
+        '--draem-model',
+        choices=DRAEM_MODELS,
+        default=DRAEM_MODELS[0],
+        help="the DRAEM-SevNet to compare: the user's recipe (draem-sevnet-user) or DRAEM with sevdino's fault families",
     )
     parser.add_argument('--quiet', action='store_true')
     add_executor_args(parser)
@@ -649,6 +697,7 @@ def cmd_compare(args):
         draem_width=args.draem_width,
         progress=not args.quiet,
         executor=executor_from_args(args),
+        draem_model=args.draem_model,
     )
     print(result['report'].read_text())
     print(f'comparison in {base.out}: {time.time() - start:.0f} s')
@@ -690,6 +739,11 @@ COMMANDS = {
         'score, severity and decision of images, files, folders or globs; heat maps with --maps',
         add_predict_args,
         cmd_predict,
+    ),
+    'calibrate': (
+        "fit a run's severity readout to a few expert grades (a severity CSV)",
+        add_calibrate_args,
+        cmd_calibrate,
     ),
     'export': ('the whole model as one ONNX or OpenVINO graph', add_export_args, cmd_export),
     'ablate': (

@@ -153,6 +153,8 @@ DEMO_COLUMNS = (
     'pixel_aupro',
     'severity_spearman',
     'score_truth_spearman',
+    'size_spearman',
+    'size_score_spearman',
     'severity_mae',
 )
 

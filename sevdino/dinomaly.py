@@ -408,6 +408,9 @@ class Dinomaly(nn.Module):
                 raise ValueError(f'Dinomaly: {name} {value!r} is not one of {choices}')
         self.attention, self.loss, self.topk_q, self.topk_ramp = attention, loss, topk_q, topk_ramp
         self.map_pool, self.gem_p = map_pool, gem_p
+        self.distance_transform = (
+            None  # (group, distances (B, N)) -> distances: set to judge another domain by its normals
+        )
         self.bottleneck_noise = bottleneck_noise
         self.horizontal_rows, self.horizontal_run, self.horizontal_p = horizontal_rows, horizontal_run, horizontal_p
         self.kv_dropout, self.kv_dropout_rows, self.kv_dropout_run = kv_dropout, kv_dropout_rows, kv_dropout_run
@@ -596,8 +599,10 @@ def anomaly_maps(self: Dinomaly, features, out_size):
     h, w = features.grid
     out_size = _pair(out_size, 'out_size')
     group_maps = []
-    for e, d in zip(features.en, features.de):
+    for group, (e, d) in enumerate(zip(features.en, features.de)):
         distance = 1 - F.cosine_similarity(e.float(), d.float(), dim=-1)
+        if self.distance_transform is not None:  # another domain's distances, aligned by its own normal images
+            distance = self.distance_transform(group, distance)
         if distance.shape[1] != h * w:
             raise ValueError(f'Dinomaly.anomaly_maps: {distance.shape[1]} tokens do not fill the grid {h}x{w}')
         distance = distance.reshape(-1, 1, h, w)

@@ -53,6 +53,7 @@ TABLE_METRICS = (
     'image_tpr_fpr1',
     'pixel_aupro',
     'heldout_severity_spearman',
+    'size_spearman',  # against the held-out size (physical.csv), where the runs' data has it
     'seconds_per_step',
 )
 

@@ -416,6 +416,21 @@ def _metric_rows(metrics) -> list:
                 4 if name in ('severity_mae', 'severity_mse', 'image_f1_threshold', 'image_youden_threshold') else 3
             )
             rows.append((name, format_number(value, digits), METRIC_MEANINGS.get(name, '')))
+    for truth in metrics.get('physical_truths') or []:  # held-out truths of the dataset (physical.csv)
+        rows.append(
+            (
+                f'{truth}_spearman',
+                format_number(metrics.get(f'{truth}_spearman', math.nan)),
+                f'rank correlation of the predicted severity with the held-out truth `{truth}` (physical.csv), which training never sees',
+            )
+        )
+        rows.append(
+            (
+                f'{truth}_score_spearman',
+                format_number(metrics.get(f'{truth}_score_spearman', math.nan)),
+                f'rank correlation of the plain anomaly score with `{truth}`: the baseline the head must beat there',
+            )
+        )
     return rows
 
 # %% ../nbs/07_report.ipynb #d3ef2740

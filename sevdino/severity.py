@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 # %% ../nbs/05_severity.ipynb #e475f3ea
-from .augment import FAULT_FAMILIES, create_severity_training_batch
+from .augment import FAULT_FAMILIES, SEVERITY_MEASURES, create_severity_training_batch
 from .core import Prediction, at_least, between, evaluating, register_model, setting
 from sevdino.dinomaly import (
     BatchDropout,
@@ -88,12 +88,17 @@ def row_quantiles(x: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
 
 
 def discrepancy_statistics(
-    en: Sequence[torch.Tensor], de: Sequence[torch.Tensor], thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS
+    en: Sequence[torch.Tensor],
+    de: Sequence[torch.Tensor],
+    thresholds: Sequence[float] = DISCREPANCY_THRESHOLDS,
+    transform=None,
 ) -> torch.Tensor:
-    "Per group: mean, std, median, q90, q99, top-1% mean, max (x10) and area above `thresholds`. Returns (B, groups*(7+len(thresholds)))."
+    "Per group: mean, std, median, q90, q99, top-1% mean, max (x10) and area above `thresholds`. Returns (B, groups*(7+len(thresholds))). `transform(group, distances)`: applied to each group's distances first (a model's `distance_transform`)."
     stats = []
-    for e, d in zip(en, de):
+    for group, (e, d) in enumerate(zip(en, de)):
         dist = 1 - F.cosine_similarity(e.float(), d.float(), dim=-1)  # (B, N)
+        if transform is not None:
+            dist = transform(group, dist)
         top = dist.topk(max(1, round(0.01 * int(dist.shape[1]))), dim=1).values
         q = row_quantiles(dist, (0.5, 0.9, 0.99))
         levels = torch.stack(
@@ -161,6 +166,7 @@ class SeverityDinomaly(Dinomaly):
         max_severity: float = 10.0,
         aug_ratio: float = 0.3,
         families: Sequence[str] = ('hline', 'curve', 'cutpaste'),
+        severity_measure: str = 'energy',
         **dinomaly_kwargs,
     ):
         super().__init__(encoder, **dinomaly_kwargs)
@@ -180,22 +186,28 @@ class SeverityDinomaly(Dinomaly):
             )
         self.severity_weight, self.head_input, self.recon_on = severity_weight, head_input, recon_on
         self.severity_loss_kind, self.max_severity = severity_loss, max_severity
-        self.aug_ratio, self.families = aug_ratio, tuple(families)
+        if severity_measure not in SEVERITY_MEASURES:
+            raise ValueError(f'severity_measure must be one of {SEVERITY_MEASURES}, got {severity_measure!r}')
+        self.aug_ratio, self.families, self.severity_measure = aug_ratio, tuple(families), severity_measure
         dim = encoder.embed_dim
         self.pool = make_pooling(pooling, dim)
         in_dim = {'bottleneck': dim, 'discrepancy': 0, 'both': dim}[head_input]
         if head_input != 'bottleneck':
             in_dim += discrepancy_dim(len(self.fuse_groups))
         self.severity_head = SeverityHead(in_dim, head_hidden, head_dropout, head_activation)
+        self.calibration = None  # a readout fitted to expert grades (`sevdino calibrate`), applied by `predict`
+        self.pooled_transform = None  # pooled bottleneck (B, D) -> (B, D): set to judge another domain by its normals
 
     def severity_inputs(self, features: DinomalyFeatures) -> torch.Tensor:
         "The head's input vector per image, from features already computed (no second encoder pass)."
         parts = []
         if self.head_input in ('bottleneck', 'both'):
-            parts.append(self.pool(features.bottleneck.float()))
+            pooled = self.pool(features.bottleneck.float())
+            parts.append(pooled if self.pooled_transform is None else self.pooled_transform(pooled))
         if self.head_input in ('discrepancy', 'both'):
             # detached: the severity loss must not teach the decoder to fail on purpose
-            parts.append(discrepancy_statistics([e.detach() for e in features.en], [d.detach() for d in features.de]))
+            en, de = [e.detach() for e in features.en], [d.detach() for d in features.de]
+            parts.append(discrepancy_statistics(en, de, transform=self.distance_transform))
         return torch.cat(parts, dim=1)
 
 # %% ../nbs/05_severity.ipynb #5e0a1b01
@@ -264,7 +276,18 @@ def predict(self: SeverityDinomaly, images: torch.Tensor) -> Prediction:
         features = self.forward_features(images)
         prediction = self.prediction_from_features(features, images.shape[-2:])
         prediction.severity = self.predict_severity(features).float()
+        if self.calibration is not None:  # the run's readout, fitted to expert grades
+            prediction.severity = self.calibration(self.readout_features(features, prediction))
     return prediction
+
+
+@patch
+def readout_features(self: SeverityDinomaly, features: DinomalyFeatures, prediction: Prediction) -> torch.Tensor:
+    "(B, F) float32: what a readout fitted to expert grades reads (`sevdino calibrate`): the head's last hidden layer, its severity and the image score."
+    with torch.autocast(features.bottleneck.device.type, enabled=False):
+        inputs = self.severity_inputs(features).float()
+        hidden = self.severity_head.mlp[:-1](inputs)
+        return torch.cat([hidden, self.severity_head(inputs)[:, None], prediction.score.float()[:, None]], dim=1)
 
 # %% ../nbs/05_severity.ipynb #12ece4c0
 SEVERITY_LOSSES = ('mse', 'smoothl1')
@@ -295,6 +318,11 @@ class SeverityDinomalySettings(DinomalySettings):
     head_input: str = setting('both', 'what the head reads', choices=HEAD_INPUTS)
     recon_on: str = setting('clean', "images the reconstruction loss sees (all: the seed's)", choices=RECON_ON)
     severity_loss: str = setting('mse', 'the severity loss', choices=SEVERITY_LOSSES)
+    severity_measure: str = setting(
+        'energy',
+        "what the synthetic faults' label measures (energy: the change's; area or contrast: measure_severity)",
+        choices=SEVERITY_MEASURES,
+    )
 
     def trained_fault_families(self) -> tuple:
         "The fault families the head trained on (none without augmentation)."
@@ -318,6 +346,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
         'max_severity',
         'aug_ratio',
         'families',
+        'severity_measure',
     )
     return SeverityDinomaly(
         encoder,
@@ -340,6 +369,7 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encod
                 families=self.families,
                 generator=generator,
                 return_details=True,
+                severity_measure=self.severity_measure,
             )
         batch, targets, augmented = faulty.to(batch.device), targets.to(batch.device), augmented.to(batch.device)
         targets, augmented = shard_rows(targets), shard_rows(augmented)

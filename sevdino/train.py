@@ -5,15 +5,16 @@
 # %% auto #0
 __all__ = ['PRECISIONS', 'FEATURE_CACHES', 'CACHE_DTYPES', 'MAX_SEED', 'REFERENCE_REGIME', 'PRESETS', 'LEGACY_FIELDS',
            'ABSENT_MEANS', 'INFERENCE_PRECISIONS', 'ENCODER_WIDTHS', 'VIT_FLOATS_PER_TOKEN', 'CONV_FLOATS_PER_PIXEL',
-           'LOG_FIELDS', 'THRESHOLD_FILE', 'PROVENANCE_FILE', 'RUN_FILES', 'parse_image_size', 'preset_values',
-           'TrainConfig', 'bf16_is_fast', 'resolve_precision', 'autocast', 'inference_precision', 'device_of',
-           'activation_bytes', 'memory_bytes', 'check_memory', 'build_model', 'trainable_state_dict',
-           'load_trainable_state_dict', 'save_checkpoint', 'load_latest_checkpoint', 'TrainingError', 'TrainingImages',
-           'load_training_images', 'batch_indices', 'step_seconds', 'make_optimizer', 'clip_gradients', 'step_losses',
-           'FeatureCache', 'cache_skip_reason', 'build_feature_cache', 'feature_cache_line', 'compile_for_training',
-           'CompiledPredictor', 'uncompile', 'run_provenance', 'holdout_indices', 'decision_threshold',
-           'holdout_scores', 'threshold_record', 'read_threshold', 'check_data_parallel', 'DataParallel',
-           'first_non_finite', 'fit', 'read_config', 'load_run', 'foreign_files', 'check_run_folder']
+           'LOG_FIELDS', 'THRESHOLD_FILE', 'PROVENANCE_FILE', 'CALIBRATION_FILE', 'CALIBRATION_INFO', 'RUN_FILES',
+           'parse_image_size', 'preset_values', 'TrainConfig', 'bf16_is_fast', 'resolve_precision', 'autocast',
+           'inference_precision', 'device_of', 'activation_bytes', 'memory_bytes', 'check_memory', 'build_model',
+           'trainable_state_dict', 'load_trainable_state_dict', 'save_checkpoint', 'load_latest_checkpoint',
+           'TrainingError', 'TrainingImages', 'load_training_images', 'batch_indices', 'step_seconds', 'make_optimizer',
+           'clip_gradients', 'step_losses', 'FeatureCache', 'cache_skip_reason', 'build_feature_cache',
+           'feature_cache_line', 'compile_for_training', 'CompiledPredictor', 'uncompile', 'run_provenance',
+           'holdout_indices', 'decision_threshold', 'holdout_scores', 'threshold_record', 'read_threshold',
+           'check_data_parallel', 'DataParallel', 'first_non_finite', 'fit', 'read_config', 'load_run',
+           'SeverityReadout', 'attach_calibration', 'foreign_files', 'check_run_folder']
 
 # %% ../nbs/06_train.ipynb #5ed3561f
 import csv
@@ -1298,7 +1299,66 @@ def load_run(run, weights=None, device='cpu'):
             'they cannot predict (train the run again)'
         )
     load_trainable_state_dict(model, state_dict, source=str(run / 'model.safetensors'))
+    attach_calibration(model, run)
     return model.to(device).eval(), config
+
+# %% ../nbs/06_train.ipynb #2c889531
+CALIBRATION_FILE, CALIBRATION_INFO = 'calibration.safetensors', 'calibration.json'
+
+
+class SeverityReadout:
+    "Severity `((x - mean) / scale) . coef + intercept` of readout features x (B, F), kept in [0, `high`] (the largest grade it was fitted to: a linear readout must not extrapolate past what an expert graded): a readout fitted to expert grades."
+
+    def __init__(self, mean, scale, coef, intercept, high=math.inf):
+        self.mean, self.scale, self.coef = (
+            torch.as_tensor(v, dtype=torch.float32).flatten() for v in (mean, scale, coef)
+        )
+        self.intercept = torch.as_tensor(intercept, dtype=torch.float32).reshape(())
+        self.high = torch.as_tensor(high, dtype=torch.float32).reshape(())
+        if not len(self.mean) == len(self.scale) == len(self.coef):
+            raise ValueError(
+                f'SeverityReadout: mean, scale and coef differ in length ({len(self.mean)}, {len(self.scale)}, {len(self.coef)})'
+            )
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[-1] != len(self.coef):
+            raise ValueError(
+                f'SeverityReadout: {features.shape[-1]} features, the readout was fitted on {len(self.coef)}'
+            )
+        x = (features.float() - self.mean.to(features.device)) / self.scale.to(features.device)
+        severity = x @ self.coef.to(features.device) + self.intercept.to(features.device)
+        return torch.minimum(severity.clamp_min(0), self.high.to(features.device))
+
+    def tensors(self) -> dict:
+        return {
+            'mean': self.mean,
+            'scale': self.scale,
+            'coef': self.coef,
+            'intercept': self.intercept.reshape(1),
+            'high': self.high.reshape(1),
+        }
+
+
+def attach_calibration(model, run) -> None:
+    "Set `model.calibration` from `run`'s `calibration.safetensors` when there is one (a `ConfigError` naming the file when it cannot serve this model); nothing otherwise."
+    path = Path(run) / CALIBRATION_FILE
+    if not path.exists():
+        return
+    if not hasattr(model, 'readout_features'):
+        raise ConfigError(f'{path}: {type(model).__name__} cannot use a severity readout (it has no readout_features)')
+    try:
+        tensors = load_file(str(path))
+        readout = SeverityReadout(
+            tensors['mean'], tensors['scale'], tensors['coef'], tensors['intercept'], tensors['high']
+        )
+    except Exception as e:  # not safetensors, or not a readout's tensors
+        raise ConfigError(
+            f'{path}: not a severity readout ({type(e).__name__}: {e}); delete it, or calibrate again'
+        ) from None
+    bad = first_non_finite(readout.tensors())
+    if bad is not None:
+        raise ConfigError(f'{path}: {bad!r} holds NaN or infinite values; delete it, or calibrate again')
+    model.calibration = readout
 
 # %% ../nbs/06_train.ipynb #7550ee9d
 RUN_FILES = (
@@ -1313,6 +1373,8 @@ RUN_FILES = (
     'domains',
     'evaluations',
     'result.json',
+    CALIBRATION_FILE,
+    CALIBRATION_INFO,
     THRESHOLD_FILE,
     PROVENANCE_FILE,
     LOCK_FILE,

@@ -88,7 +88,7 @@ def test_the_help_lists_the_plugin_model_and_its_flag(plugin):
     flat = ' '.join(out.split())
     assert 'toy settings: Read by --model toy (toy).' in flat, out
     assert '--toy-width N side of the learned mean image (resized to the input) (default: 2)' in flat, out
-    assert '--model {severity-dinomaly,dinomaly,draem-sevnet,toy}' in flat, out
+    assert '--model {severity-dinomaly,dinomaly,draem-sevnet,draem-sevnet-user,toy}' in flat, out
 
 
 def test_a_plugin_model_trains_evaluates_and_predicts_through_the_command(plugin):
@@ -133,5 +133,5 @@ def test_a_plugin_model_trains_evaluates_and_predicts_through_the_command(plugin
 
     code, out, err = sevdino(env, 'train', '--model', 'toy', '--data', data, '--out', root / 'r2', '--width', '4')
     assert code == 2 and err.strip() == (
-        'sevdino train: error: --width is a setting of draem-sevnet; --model toy does not read it'
+        'sevdino train: error: --width is a setting of draem-sevnet and draem-sevnet-user; --model toy does not read it'
     ), err
