@@ -831,9 +831,12 @@ def comparison_cells(draem_width: int = CPU_WIDTH, draem_model: str = 'draem-sev
     }
 
 
-def _heldout_on_base(run, base: TrainConfig, domain, key: str) -> float:
-    "The held-out number `key` of a run over the shapes `base.families` leaves out (one pool for every cell), from the predictions.csv of its evaluation on `domain` (where `evaluate_run` put it)."
+def _heldout_on_base(run, base: TrainConfig, domain, key: str, suffix: str = '') -> float:
+    "The held-out number `key` of a run over the shapes `base.families` leaves out (one pool for every cell), from the predictions.csv of its evaluation on `domain` (where `evaluate_run` put it; `suffix` '+normals-<mode>': the evaluation after aligning to the domain's normals)."
     folder = evaluation_folder(run, base, base.data, domain or None)
+    if suffix:
+        folder = Path(run) / 'domains' / f'{domain}{suffix}'
+
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', MetricWarning)
         return heldout_metrics(pd.read_csv(folder / 'predictions.csv'), list(base.families))[key]
@@ -846,8 +849,8 @@ def _same_families(run, base: TrainConfig) -> bool:
     return set(read_config(Path(run) / 'config.json').settings.trained_fault_families()) == set(base.families)
 
 
-def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig) -> pd.DataFrame:
-    "`results` of a comparison with `severity_rank` and `heldout_severity_rank` added (see above)."
+def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig, suffix: str = '') -> pd.DataFrame:
+    "`results` of a comparison with `severity_rank` and `heldout_severity_rank` added (see above); `suffix`: of the evaluation folders the rows come from (`_heldout_on_base`)."
     results = results.copy()
     nan = pd.Series(math.nan, index=results.index)
     head, score = results.get('severity_spearman', nan), results.get('score_truth_spearman', nan)
@@ -861,7 +864,7 @@ def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig) -> pd.Data
         has_head = pd.notna(row.get('severity_spearman', nan))
         if pd.isna(heldout[i]) or not _same_families(run, base):  # plain Dinomaly, or a head trained on other faults
             key = 'heldout_severity_spearman' if has_head else 'heldout_score_truth_spearman'
-            heldout[i] = _heldout_on_base(run, base, row.domain, key)
+            heldout[i] = _heldout_on_base(run, base, row.domain, key, suffix)
     results['heldout_severity_rank'] = heldout
     return results
 
