@@ -593,24 +593,17 @@ def normal_statistics(model, dataset, limit: int = NORMALS_LIMIT, batch_size: in
         raise ConfigError(f'normal_statistics: no normal images in {dataset!r}')
     keep = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, min(limit, len(dataset)))})
     loader = DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size, collate_fn=default_collate)
-    transform, pooled_transform = model.distance_transform, getattr(model, 'pooled_transform', None)
-    model.distance_transform, reads_pooled = None, getattr(model, 'head_input', None) in ('bottleneck', 'both')
-    distances, pooled = None, []
-    try:
-        with evaluating(model):
-            for batch in loader:
-                features = model.forward_features(batch['image'].to(model_device(model)))
-                groups = [
-                    1 - F.cosine_similarity(e.float(), d.float(), dim=-1).cpu()
-                    for e, d in zip(features.en, features.de)
-                ]
-                distances = [[g] for g in groups] if distances is None else [a + [g] for a, g in zip(distances, groups)]
-                if reads_pooled:
-                    pooled.append(model.pool(features.bottleneck.float()).cpu())
-    finally:
-        model.distance_transform = transform
-        if pooled_transform is not None:
-            model.pooled_transform = pooled_transform
+    reads_pooled = getattr(model, 'head_input', None) in ('bottleneck', 'both')
+    distances, pooled = None, []  # raw distances, computed here from the taps: no transform of the model's applies
+    with evaluating(model):
+        for batch in loader:
+            features = model.forward_features(batch['image'].to(model_device(model)))
+            groups = [
+                1 - F.cosine_similarity(e.float(), d.float(), dim=-1).cpu() for e, d in zip(features.en, features.de)
+            ]
+            distances = [[g] for g in groups] if distances is None else [a + [g] for a, g in zip(distances, groups)]
+            if reads_pooled:
+                pooled.append(model.pool(features.bottleneck.float()).cpu())
     distances = [torch.cat(g).double() for g in distances]
     pooled = torch.cat(pooled).double() if pooled else None
     return {

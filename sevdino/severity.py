@@ -275,8 +275,9 @@ def predict(self: SeverityDinomaly, images: torch.Tensor) -> Prediction:
     with evaluating(self):
         features = self.forward_features(images)
         prediction = self.prediction_from_features(features, images.shape[-2:])
-        prediction.severity = self.predict_severity(features).float()
-        if self.calibration is not None:  # the run's readout, fitted to expert grades
+        if self.calibration is None:
+            prediction.severity = self.predict_severity(features).float()
+        else:  # the run's readout, fitted to expert grades, in place of the head's own answer
             prediction.severity = self.calibration(self.readout_features(features, prediction))
     return prediction
 
