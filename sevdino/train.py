@@ -344,6 +344,13 @@ def check_together(self: TrainConfig):
         return ('settings', f'must be the settings of model {self.model!r}')
     if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.steps:
         return ('warmup_steps', f'must be in [0, steps={self.steps})')
+    stage = getattr(self.settings, 'head_stage_steps', 0)  # SeverityDinomaly's head stage: the run's last steps
+    warmup = min(100, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
+    if stage and self.steps - stage <= warmup:
+        return (
+            'head_stage_steps',
+            f'must leave more than warmup_steps={warmup} of steps={self.steps} before the stage',
+        )
     if self.resize is not None and any(r < c for r, c in zip(self.resize, self.image_size)):
         return (
             'resize',
