@@ -24,7 +24,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers $(TEST_WORKERS) --timing
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 # Lint and format check (settings in pyproject.toml); `make export` formats.
 lint: $(STAMP)

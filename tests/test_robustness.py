@@ -29,8 +29,8 @@ from sevdino.train import TrainConfig, TrainingError, fit, load_latest_checkpoin
 SEVDINO = [sys.executable, '-c', 'import sys; from sevdino.cli import main; sys.exit(main())']
 
 
-def tiny(steps=40):
-    "Settings of a tiny run: random encoder weights, 28 x 84 images, a checkpoint every 5 steps."
+def tiny(steps=40, checkpoint_every=5):
+    "Settings of a tiny run: random encoder weights, 28 x 84 images, a checkpoint every `checkpoint_every` steps."
     return [
         '--steps',
         str(steps),
@@ -45,12 +45,14 @@ def tiny(steps=40):
         '--warmup-steps',
         '1',
         '--checkpoint-every',
-        '5',
+        str(checkpoint_every),
         '--quiet',
     ]
 
 
 TINY = tiny()
+# the kill test's runs: long enough to be killed midway, with few checkpoints (each is a 250 MB write)
+KILLABLE = tiny(40, checkpoint_every=10)
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 
@@ -92,12 +94,12 @@ def _assert_same_weights(a, b):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
     reference = tmp_path / 'reference'  # in a process like the killed one: same thread count, so the same float sums
-    code, out = sevdino_process('train', '--data', data, '--domain', 'A', '--out', reference, *TINY)
+    code, out = sevdino_process('train', '--data', data, '--domain', 'A', '--out', reference, *KILLABLE)
     assert code == 0, out
 
     run = tmp_path / 'killed'
     process = subprocess.Popen(
-        SEVDINO + ['train', '--data', str(data), '--domain', 'A', '--out', str(run), *TINY],
+        SEVDINO + ['train', '--data', str(data), '--domain', 'A', '--out', str(run), *KILLABLE],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -109,7 +111,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, 'training finished before it could be killed: make TINY longer'
+    assert process.returncode == -signal.SIGKILL, 'training finished before it could be killed: make KILLABLE longer'
     assert not (run / 'model.safetensors').exists()  # a killed run does not look finished
     checkpoints = sorted((run / 'checkpoint').glob('step-*.pt'))
     assert checkpoints and not list((run / 'checkpoint').glob('*.tmp'))  # no temporary file is taken for a checkpoint
@@ -117,7 +119,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
     # Cut the newest checkpoint short, as a full disk would: resume must warn and use the one before.
     newest = checkpoints[-1]
     newest.write_bytes(newest.read_bytes()[:200])
-    code, out = sevdino_process('train', '--data', data, '--domain', 'A', '--out', run, *TINY, '--resume')
+    code, out = sevdino_process('train', '--data', data, '--domain', 'A', '--out', run, *KILLABLE, '--resume')
     assert code == 0, out
     assert 'unreadable checkpoint' in out and newest.name in out
     _assert_same_weights(_weights(run), _weights(reference))
@@ -127,11 +129,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
 
 def test_resume_with_other_settings_is_refused(data, tmp_path):
     run = tmp_path / 'run'
-    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *TINY)
+    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *tiny(3))
     assert code == 0, out
-    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *TINY, '--aug-ratio', '0.7', '--resume')
+    code, out = sevdino(
+        'train', '--data', data, '--domain', 'A', '--out', run, *tiny(3), '--aug-ratio', '0.7', '--resume'
+    )
     assert code == 2 and 'differ from the run' in out
-    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *TINY)
+    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *tiny(3))
     assert code == 2 and 'already holds a run' in out
 
 
@@ -254,7 +258,8 @@ def test_bad_data_fails_clearly_and_leaves_no_finished_run(case, tmp_path):
     root = make(tmp_path / 'data')
     run = tmp_path / 'run'
     domain = 'A' if case == 'NaN in a float map' else 'X'
-    code, out = sevdino('train', '--data', root, '--domain', domain, '--out', run, *TINY, '--image-size', '56x56')
+    # two steps: only 'mask of the wrong size' trains (the others fail on reading), and it needs a finished run, not a good one
+    code, out = sevdino('train', '--data', root, '--domain', domain, '--out', run, *tiny(2), '--image-size', '56x56')
     if case == 'mask of the wrong size':  # training reads only normal images: the bad mask is found by evaluation
         assert code == 0, out
         code, out = sevdino('evaluate', '--run', run, '--data', root, '--quiet')
@@ -350,7 +355,7 @@ class RunsCode:
 def test_pickled_checkpoint_with_code_is_refused(finished_run, data, tmp_path):
     marker = tmp_path / 'code-ran'
     run = tmp_path / 'resumable'
-    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *tiny(10))
+    code, out = sevdino('train', '--data', data, '--domain', 'A', '--out', run, *tiny(5))
     assert code == 0, out
     (run / 'model.safetensors').unlink()
     evil = run / 'checkpoint' / 'step-00000099.pt'
@@ -359,7 +364,7 @@ def test_pickled_checkpoint_with_code_is_refused(finished_run, data, tmp_path):
         warnings.simplefilter('always')
         checkpoint = load_latest_checkpoint(run / 'checkpoint')
     assert not marker.exists(), 'unpickling ran code'
-    assert checkpoint['step'] == 10  # the honest checkpoint before it
+    assert checkpoint['step'] == 5  # the honest checkpoint before it
     assert any('step-00000099.pt' in str(w.message) and 'unreadable checkpoint' in str(w.message) for w in caught)
 
     # model.safetensors that is really a pickle, and encoder weights that carry code
@@ -397,7 +402,7 @@ def test_ablation_killed_midway_resumes_without_rerunning_finished_cells(data, t
         'A',
         '--out',
         out,
-        *tiny(10),
+        *tiny(4),
         '--seeds',
         '0',
         '--axis',
@@ -416,7 +421,7 @@ def test_ablation_killed_midway_resumes_without_rerunning_finished_cells(data, t
     assert first.exists() and not (out / 'ablation.md').exists()
     finished_at = first.stat().st_mtime_ns
 
-    code, text = sevdino_process(*command)
+    code, text = sevdino(*command)  # the rerun needs no process of its own: only the killed one did
     assert code == 0, text
     assert first.stat().st_mtime_ns == finished_at  # the finished cell was read, not run again
     results = (out / 'results.csv').read_text().splitlines()
