@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['PRECISION_DTYPES', 'BENCH_PRECISIONS', 'TRAINING_VARIANTS', 'VARIANT_FIELDS', 'DRAEM_BENCH_MODEL',
-           'TRAINING_BUDGET_MINUTES', 'machine_info', 'synchronize', 'time_calls', 'matmul_peak_gflops', 'count_flops',
-           'bench_models', 'model_label', 'bench_config', 'bench_model', 'TrainingRun', 'model_flops',
-           'measure_inference', 'measure_training', 'measure_training_isolated', 'inference_breakdown',
-           'bf16_agreement', 'measure_exported', 'measure_compiled_inference', 'measure_demo_training', 'run_bench',
-           'bench_markdown', 'run_draem_widths', 'widest_within_budget', 'draem_widths_markdown', 'add_bench_args',
-           'cmd_bench', 'bench_main']
+           'TRAINING_BUDGET_MINUTES', 'machine_info', 'synchronize', 'time_calls', 'default_peak_size',
+           'matmul_peak_gflops', 'count_flops', 'bench_models', 'model_label', 'bench_config', 'bench_model',
+           'TrainingRun', 'model_flops', 'measure_inference', 'measure_training', 'measure_training_isolated',
+           'inference_breakdown', 'bf16_agreement', 'measure_exported', 'measure_compiled_inference',
+           'measure_demo_training', 'run_bench', 'bench_markdown', 'run_draem_widths', 'widest_within_budget',
+           'draem_widths_markdown', 'positive_int', 'add_bench_args', 'cmd_bench', 'bench_main']
 
 # %% ../nbs/12_bench.ipynb #6a4ee585
 import argparse
@@ -112,6 +112,11 @@ PRECISION_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 BENCH_PRECISIONS = tuple(PRECISION_DTYPES)
 
 
+def default_peak_size(device='cpu') -> int:
+    "The peak's matrix size: 2048 on a CPU, 8192 on a GPU (which needs more work to fill)."
+    return 8192 if torch.device(device).type == 'cuda' else 2048
+
+
 def matmul_peak_gflops(
     precision: str = 'fp32', device='cpu', size: int = None, warmup: int = 2, repeats: int = 5
 ) -> float:
@@ -119,7 +124,7 @@ def matmul_peak_gflops(
     if precision not in PRECISION_DTYPES:
         raise ConfigError(f'precision {precision!r}: use one of {BENCH_PRECISIONS}')
     device = torch.device(device)
-    size = size or (8192 if device.type == 'cuda' else 2048)
+    size = size or default_peak_size(device)
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(device, PRECISION_DTYPES[precision]) for _ in range(2))
     out = torch.empty_like(a)
@@ -467,8 +472,9 @@ def run_bench(
     exported: bool = True,
     compile: bool = False,
     demo_config=None,
+    peak_size: int = None,
 ) -> dict:
-    "Speed and memory of `models` (default: `bench_models()`) on this machine (JSON-ready): machine, matrix-multiply peaks, FLOPs per image, and per model and precision images per second for inference (and training, with `train`), their share of the peak and the training's peak memory. Training is measured as `fit` takes a step without the feature cache (today's default figures), with it, and (with `compile`) compiled too: `train_variants`. With `demo_config` (the demo chapter's), also the wall time of the demo's trainings with and without the cache (minutes)."
+    "Speed and memory of `models` (default: `bench_models()`) on this machine (JSON-ready): machine, matrix-multiply peaks, FLOPs per image, and per model and precision images per second for inference (and training, with `train`), their share of the peak and the training's peak memory. Training is measured as `fit` takes a step without the feature cache (today's default figures), with it, and (with `compile`) compiled too: `train_variants`. With `demo_config` (the demo chapter's), also the wall time of the demo's trainings with and without the cache (minutes). `peak_size`: the matrix product of the peaks (default `default_peak_size`; the tests use a small one, whose peak is lower)."
     start = time.perf_counter()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     precisions, models = tuple(precisions), bench_models() if models is None else tuple(models)
@@ -494,12 +500,13 @@ def run_bench(
             train=train,
             isolate=isolate,
             compile=compile,
+            peak_size=peak_size or default_peak_size(device),
         ),
         machine=machine_info(device),
     )
     say(f'matrix-multiply peak ({", ".join(precisions)})')
     peaks = result['matmul_peak_gflops'] = {
-        p: matmul_peak_gflops(p, device, warmup=warmup, repeats=repeats) for p in precisions
+        p: matmul_peak_gflops(p, device, peak_size, warmup, repeats) for p in precisions
     }
     say('counting FLOPs')
     flops = result['flops_per_image'] = {m: model_flops(configs[m, precisions[0]], device, train=train) for m in models}
@@ -596,7 +603,7 @@ def bench_markdown(result: dict) -> str:
         f'{m["threads"]} threads, {m["cpu_capability"]}, bf16 {"native" if m["bf16_native"] else "not native"}), '
         f'torch {m["torch"]}; load average {m["load_average"]} at the start, {m.get("load_average_end")} at the end.',
         '',
-        'Matrix-multiply peak (one large product): '
+        f'Matrix-multiply peak (one {c.get("peak_size", 2048)} x {c.get("peak_size", 2048)} product): '
         + ', '.join(f'{p} {peaks[p]:.0f} GFLOP/s' for p in precisions)
         + '.',
         '',
@@ -844,6 +851,17 @@ def draem_widths_markdown(result: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/12_bench.ipynb #c764c989
+def positive_int(text: str) -> int:
+    "An `argparse` type: a whole number above zero."
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: give a whole number above 0')
+    return value
+
+
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `sevdino bench` to `parser` (a parser or a sub-command's parser); returns it."
     parser.add_argument('--encoder', default='vit_small_patch14_dinov2', help='timm DINOv2 name')
@@ -862,6 +880,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls first (default 2)')
     parser.add_argument('--repeats', type=int, default=5, help='timed calls; the median counts (default 5)')
     parser.add_argument('--no-train', action='store_true', help='inference only')
+    parser.add_argument(
+        '--peak-size',
+        type=positive_int,
+        default=None,
+        help='size n of the n x n matrix product that measures the peaks (default 2048 on a CPU, 8192 on a GPU)',
+    )
     parser.add_argument(
         '--in-process',
         action='store_true',
@@ -930,6 +954,7 @@ def cmd_bench(args, demo_config=None) -> dict:
         exported=not args.no_export,
         compile=getattr(args, 'compile', False),
         demo_config=demo_config if getattr(args, 'demo_training', False) else None,
+        peak_size=getattr(args, 'peak_size', None),
     )
     print(json.dumps(result, indent=2) if args.json else bench_markdown(result))
     return result
