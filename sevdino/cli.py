@@ -9,8 +9,8 @@ __all__ = ['SETTING_DEST', 'REQUIRED_SETTINGS', 'FLAG_ALIASES', 'COMMANDS', 'fla
            'add_device_args', 'add_train_args', 'cmd_train', 'add_evaluate_args', 'cmd_evaluate', 'add_predict_args',
            'cmd_predict', 'add_export_args', 'cmd_export', 'add_calibrate_args', 'cmd_calibrate', 'add_executor_args',
            'executor_from_args', 'add_ablate_args', 'ablation_axes_from_args', 'cmd_ablate', 'add_compare_args',
-           'cmd_compare', 'add_bench_args', 'cmd_bench', 'HelpFormatter', 'build_parser', 'user_errors', 'error_line',
-           'main']
+           'cmd_compare', 'add_bench_args', 'cmd_bench', 'HelpFormatter', 'OneLineParser', 'build_parser',
+           'user_errors', 'error_line', 'main']
 
 # %% ../nbs/14_cli.ipynb #915b8fe7
 import argparse
@@ -729,6 +729,13 @@ class HelpFormatter(argparse.HelpFormatter):
             ' '.join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
         )
 
+
+class OneLineParser(argparse.ArgumentParser):
+    "argparse's parser, but a usage error is one line (`sevdino COMMAND: error: ...`, exit code 2) without the usage block; `--help` shows the usage."
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (--help lists the options)\n')
+
 # %% ../nbs/14_cli.ipynb #319f49b7
 COMMANDS = {
     'demo': ('built-in data -> train -> evaluate -> report', add_demo_args, cmd_demo),
@@ -762,7 +769,7 @@ COMMANDS = {
 
 def build_parser(command: str = None) -> argparse.ArgumentParser:
     "The parser of the `sevdino` command: every sub-command's name and help, and the options of `command` (none when None)."
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(  # its sub-commands' parsers are of its class too
         prog='sevdino',
         description='Severity-aware anomaly detection (Dinomaly + severity head).',
         formatter_class=HelpFormatter,
