@@ -478,6 +478,7 @@ def run_bench(
     start = time.perf_counter()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     precisions, models = tuple(precisions), bench_models() if models is None else tuple(models)
+    peak_size = peak_size or default_peak_size(device)
     if not precisions or not models:
         raise ConfigError('run_bench: give at least one precision and one model')
     say = (
@@ -500,7 +501,7 @@ def run_bench(
             train=train,
             isolate=isolate,
             compile=compile,
-            peak_size=peak_size or default_peak_size(device),
+            peak_size=peak_size,
         ),
         machine=machine_info(device),
     )
@@ -603,7 +604,11 @@ def bench_markdown(result: dict) -> str:
         f'{m["threads"]} threads, {m["cpu_capability"]}, bf16 {"native" if m["bf16_native"] else "not native"}), '
         f'torch {m["torch"]}; load average {m["load_average"]} at the start, {m.get("load_average_end")} at the end.',
         '',
-        f'Matrix-multiply peak (one {c.get("peak_size", 2048)} x {c.get("peak_size", 2048)} product): '
+        'Matrix-multiply peak ('
+        + (
+            f'one {c["peak_size"]} x {c["peak_size"]} product' if 'peak_size' in c else 'one large product'
+        )  # older results
+        + '): '
         + ', '.join(f'{p} {peaks[p]:.0f} GFLOP/s' for p in precisions)
         + '.',
         '',
