@@ -248,7 +248,18 @@ def model_flops(config: TrainConfig, device='cpu', train: bool = True) -> dict:
         if hasattr(run.model, 'cache_features'):  # the step with a feature cache: no encoder pass for clean images
             cached = TrainingRun(config.replace(precision='fp32', feature_cache='memory', compile=False), device)
             out['train_cached'] = count_flops(cached.step) / config.batch_size
+        if _encodes_faults_alone(config):  # the same with the faulty images encoded alone (`fault_taps`)
+            alone = TrainingRun(
+                config.replace(precision='fp32', feature_cache='memory', compile=False, fault_taps='alone'), device
+            )
+            out['train_cached_alone'] = count_flops(alone.step) / config.batch_size
     return out
+
+
+def _encodes_faults_alone(config: TrainConfig) -> bool:
+    "Whether `config`'s model can encode the faulty images of a batch alone (`fault_taps`) and draws any."
+    settings = config.settings
+    return hasattr(settings, 'fault_taps') and getattr(settings, 'aug_ratio', 0) > 0
 
 # %% ../nbs/12_bench.ipynb #60160706
 def measure_inference(
@@ -432,6 +443,7 @@ def measure_compiled_inference(model, images: torch.Tensor, precision: str, warm
 TRAINING_VARIANTS = {  # how `fit` can take a step: today's default first
     'no cache': dict(feature_cache='off'),
     'cache': dict(feature_cache='memory'),
+    'cache, faults alone': dict(feature_cache='memory', fault_taps='alone'),  # SeverityDinomaly only
     'cache, compiled': dict(feature_cache='memory', compile=True),
 }
 VARIANT_FIELDS = ('train_img_s', 'train_share_of_peak', 'train_first_step_seconds', 'train_peak_rss_mb')
@@ -562,9 +574,14 @@ def run_bench(
                 for name in variants:
                     if name != 'no cache' and 'train_cached' not in flops[m]:
                         continue  # a model without a feature cache
+                    alone = 'fault_taps' in TRAINING_VARIANTS[name]
+                    if alone and 'train_cached_alone' not in flops[m]:
+                        continue  # a model that draws no faults, or cannot encode them alone
                     say(f'training {m} in {p} ({name})')
                     measured = measure(configs[m, p].replace(**TRAINING_VARIANTS[name]), device, warmup, repeats)
-                    work = flops[m]['train' if name == 'no cache' else 'train_cached']
+                    work = flops[m][
+                        'train' if name == 'no cache' else 'train_cached_alone' if alone else 'train_cached'
+                    ]
                     measured['train_share_of_peak'] = _share(work, measured['train_img_s'], peaks[p])
                     if name == 'no cache':
                         results[m][p].update(measured)

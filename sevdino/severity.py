@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['POOLINGS', 'DISCREPANCY_THRESHOLDS', 'MAP_THRESHOLDS', 'MAP_SCALES', 'MAP_PROFILE_TOP', 'HEAD_ACTIVATIONS',
-           'HEAD_INPUTS', 'RECON_ON', 'SEVERITY_LOSSES', 'AttentionPool', 'make_pooling', 'row_quantiles',
+           'HEAD_INPUTS', 'RECON_ON', 'FAULT_TAPS', 'SEVERITY_LOSSES', 'AttentionPool', 'make_pooling', 'row_quantiles',
            'discrepancy_statistics', 'discrepancy_dim', 'map_statistics', 'map_dim', 'SeverityHead', 'SeverityDinomaly',
            'SeverityDinomalySettings', 'build_severity_dinomaly']
 
@@ -185,6 +185,7 @@ class SeverityHead(nn.Module):
 # %% ../nbs/05_severity.ipynb #7adb9edb
 HEAD_INPUTS = ('bottleneck', 'discrepancy', 'both')
 RECON_ON = ('clean', 'all')
+FAULT_TAPS = ('padded', 'alone')  # with a feature cache: how a batch's faulty images are encoded
 
 
 class SeverityDinomaly(Dinomaly):
@@ -207,6 +208,7 @@ class SeverityDinomaly(Dinomaly):
         severity_measure: str = 'energy',
         map_readout: bool = False,
         head_stage_steps: int = 0,
+        fault_taps: str = 'padded',
         **dinomaly_kwargs,
     ):
         super().__init__(encoder, **dinomaly_kwargs)
@@ -232,6 +234,9 @@ class SeverityDinomaly(Dinomaly):
         if head_stage_steps < 0 or (head_stage_steps and severity_weight == 0):
             raise ValueError(f'head_stage_steps must be >= 0, and needs severity_weight > 0; got {head_stage_steps}')
         self.map_readout, self.head_stage_steps = bool(map_readout), int(head_stage_steps)
+        if fault_taps not in FAULT_TAPS:
+            raise ValueError(f'fault_taps must be one of {FAULT_TAPS}, got {fault_taps!r}')
+        self.fault_taps = fault_taps
         self.head_stage_start = None  # the step the head's stage begins at: set by `configure_optimizer`
         dim = encoder.embed_dim
         self.pool = make_pooling(pooling, dim)
@@ -268,8 +273,8 @@ class SeverityDinomaly(Dinomaly):
 # %% ../nbs/05_severity.ipynb #5e0a1b01
 @patch(as_prop=True)
 def cache_pays(self: SeverityDinomaly) -> bool:
-    "Whether a feature cache saves this model encoder time: only without synthetic faults (`aug_ratio` 0), since the faulty images of a batch are encoded padded to the whole batch (see the feature-cache test below)."
-    return self.aug_ratio == 0
+    "Whether a feature cache saves this model encoder time: without synthetic faults (`aug_ratio` 0), or with `fault_taps='alone'`; by default (`'padded'`) the faulty images of a batch are encoded padded to the whole batch (see the feature-cache test below)."
+    return self.aug_ratio == 0 or self.fault_taps == 'alone'
 
 
 @patch
@@ -399,6 +404,13 @@ class SeverityDinomalySettings(DinomalySettings):
         check=at_least(0),
         why='must be >= 0',
     )
+    fault_taps: str = setting(
+        'padded',
+        "with a feature cache, how a batch's faulty images are encoded: padded to the batch's size (bit-identical to a "
+        'run without the cache, no time saved) or alone (half the encoder work at aug_ratio 0.5; a smaller product '
+        'rounds differently, so the run differs from one without the cache)',
+        choices=FAULT_TAPS,
+    )
 
     def trained_fault_families(self) -> tuple:
         "The fault families the head trained on (none without augmentation)."
@@ -425,6 +437,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
         'severity_measure',
         'map_readout',
         'head_stage_steps',
+        'fault_taps',
     )
     return SeverityDinomaly(
         encoder,
@@ -436,7 +449,7 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
 # %% ../nbs/05_severity.ipynb #bcc19d97
 @patch
 def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encoded=None) -> dict:
-    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs for the faulty images only, padded to the batch's size (bit-identical steps). Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
+    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs for the faulty images only, padded to the batch's size (bit-identical steps; `fault_taps='alone'`: not padded). Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
     targets = augmented = None
     if self.aug_ratio > 0:
         with torch.autocast(batch.device.type, enabled=False):
@@ -457,7 +470,7 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encod
         if augmented is not None and bool(augmented.any()):  # a fault changes the image: its taps are computed
             faulty = images[augmented]
             # padded to the batch's size: a smaller batch rounds differently, and its taps would move the whole run
-            padded = torch.cat([faulty, images[: len(images) - len(faulty)]])
+            padded = torch.cat([faulty, images[: len(images) - len(faulty)]]) if self.fault_taps == 'padded' else faulty
             taps = [t.clone() for t in taps]
             for tap, fresh in zip(taps, self.encode(padded)):
                 tap[augmented] = fresh[: len(faulty)]

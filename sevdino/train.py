@@ -259,8 +259,9 @@ class TrainConfig(Settings):
         'auto',
         "the frozen encoder's taps of the training images, computed once and reused every step: auto keeps them in "
         'memory within feature_cache_gib, else in a memory-mapped file in the run folder, and skips the cache where the '
-        'model has none, cannot gain from it (SeverityDinomaly with faults) or encodes fewer images than the cache would; memory, disk force one; off (--no-cache) '
-        'runs the encoder every step. The losses are the same either way',
+        'model has none, cannot gain from it (SeverityDinomaly with faults, unless --fault-taps alone) or encodes fewer images '
+        'than the cache would; memory, disk force one; off (--no-cache) runs the encoder every step. The losses are the '
+        'same either way (with --fault-taps alone: up to rounding)',
         choices=FEATURE_CACHES,
     )
     feature_cache_dtype: str = setting(
@@ -832,7 +833,7 @@ def cache_skip_reason(model, config, images: int, steps: int) -> Optional[str]:
     if not hasattr(model, 'cache_features'):
         return f'the model {config.model!r} has no frozen encoder to cache'
     if config.feature_cache == 'auto' and not getattr(model, 'cache_pays', True):
-        return f'the model {config.model!r} encodes every batch whole anyway (its synthetic faults)'
+        return f'the model {config.model!r} encodes every batch whole anyway (its synthetic faults; --fault-taps alone encodes them alone)'
     if config.feature_cache == 'auto' and steps * config.batch_size <= images:
         return f'the run encodes {steps * config.batch_size} images, not more than the {images} a cache encodes'
     return None
