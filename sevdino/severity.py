@@ -470,9 +470,11 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encod
         if augmented is not None and bool(augmented.any()):  # a fault changes the image: its taps are computed
             faulty = images[augmented]
             # padded to the batch's size: a smaller batch rounds differently, and its taps would move the whole run
-            padded = torch.cat([faulty, images[: len(images) - len(faulty)]]) if self.fault_taps == 'padded' else faulty
+            to_encode = (
+                torch.cat([faulty, images[: len(images) - len(faulty)]]) if self.fault_taps == 'padded' else faulty
+            )
             taps = [t.clone() for t in taps]
-            for tap, fresh in zip(taps, self.encode(padded)):
+            for tap, fresh in zip(taps, self.encode(to_encode)):
                 tap[augmented] = fresh[: len(faulty)]
     in_stage = self.head_stage_start is not None and step >= self.head_stage_start and targets is not None
     return self.losses(images, step, targets, augmented, taps, head_only=in_stage)
