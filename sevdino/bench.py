@@ -246,7 +246,10 @@ def model_flops(config: TrainConfig, device='cpu', train: bool = True) -> dict:
     if train:
         out['train'] = count_flops(run.step) / config.batch_size
         if hasattr(run.model, 'cache_features'):  # the step with a feature cache: no encoder pass for clean images
-            cached = TrainingRun(config.replace(precision='fp32', feature_cache='memory', compile=False), device)
+            padded = dict(fault_taps='padded') if _encodes_faults_alone(config) else {}  # faulty images: padded
+            cached = TrainingRun(
+                config.replace(precision='fp32', feature_cache='memory', compile=False, **padded), device
+            )
             out['train_cached'] = count_flops(cached.step) / config.batch_size
         if _encodes_faults_alone(config):  # the same with the faulty images encoded alone (`fault_taps`)
             alone = TrainingRun(
@@ -316,6 +319,8 @@ def measure_training(config: TrainConfig, device='cpu', warmup: int = 2, repeats
         train_rss_ready_mb=ready,
         train_peak_rss_mb=_peak_rss_mb(),
     )
+    if getattr(run.model, 'fault_taps_checks', None):  # fault_taps auto: whether its faulty images went alone
+        out['fault_taps_checks'] = {str(k): v for k, v in run.model.fault_taps_checks.items()}
     if device.type == 'cuda':
         out['train_peak_gpu_mb'] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -442,11 +447,18 @@ def measure_compiled_inference(model, images: torch.Tensor, precision: str, warm
 
 TRAINING_VARIANTS = {  # how `fit` can take a step: today's default first
     'no cache': dict(feature_cache='off'),
-    'cache': dict(feature_cache='memory'),
+    'cache': dict(feature_cache='memory'),  # SeverityDinomaly: fault_taps auto, checked at the first step
+    'cache, faults padded': dict(feature_cache='memory', fault_taps='padded'),  # SeverityDinomaly only
     'cache, faults alone': dict(feature_cache='memory', fault_taps='alone'),  # SeverityDinomaly only
     'cache, compiled': dict(feature_cache='memory', compile=True),
 }
-VARIANT_FIELDS = ('train_img_s', 'train_share_of_peak', 'train_first_step_seconds', 'train_peak_rss_mb')
+VARIANT_FIELDS = (
+    'train_img_s',
+    'train_share_of_peak',
+    'train_first_step_seconds',
+    'train_peak_rss_mb',
+    'fault_taps_checks',
+)
 
 
 def measure_demo_training(demo_config, folder, device='cpu', progress: bool = False) -> dict:
@@ -574,11 +586,13 @@ def run_bench(
                 for name in variants:
                     if name != 'no cache' and 'train_cached' not in flops[m]:
                         continue  # a model without a feature cache
-                    alone = 'fault_taps' in TRAINING_VARIANTS[name]
-                    if alone and 'train_cached_alone' not in flops[m]:
+                    taps = TRAINING_VARIANTS[name].get('fault_taps')
+                    if taps and 'train_cached_alone' not in flops[m]:
                         continue  # a model that draws no faults, or cannot encode them alone
                     say(f'training {m} in {p} ({name})')
                     measured = measure(configs[m, p].replace(**TRAINING_VARIANTS[name]), device, warmup, repeats)
+                    checks = measured.get('fault_taps_checks') or {}  # auto: alone where checked bit-identical
+                    alone = taps == 'alone' or (taps is None and checks and all(checks.values()))
                     work = flops[m][
                         'train' if name == 'no cache' else 'train_cached_alone' if alone else 'train_cached'
                     ]
@@ -698,6 +712,9 @@ def bench_markdown(result: dict) -> str:
             '|---|---|---|---:|---:|---:|---:|---:|',
         ]
         for model, p, name, v in variants:
+            checks = v.get('fault_taps_checks') or {}  # fault_taps auto: what its check chose on this machine
+            if checks:
+                name += ' (auto: faults alone)' if all(checks.values()) else ' (auto: faults padded)'
             lines.append(
                 f'| {model_label(model)} | {p} | {name} | {_fmt(v["train_img_s"])} | {v["speedup"]:.2f} | '
                 f'{v["train_share_of_peak"]:.0%} ({peaks[p]:.0f}) | {_fmt(v["train_first_step_seconds"])} | {_fmt(v["train_peak_rss_mb"])} |'

@@ -185,7 +185,8 @@ class SeverityHead(nn.Module):
 # %% ../nbs/05_severity.ipynb #7adb9edb
 HEAD_INPUTS = ('bottleneck', 'discrepancy', 'both')
 RECON_ON = ('clean', 'all')
-FAULT_TAPS = ('padded', 'alone')  # with a feature cache: how a batch's faulty images are encoded
+# with a feature cache: how a batch's faulty images are encoded (auto: alone where that is checked to give the padded taps)
+FAULT_TAPS = ('auto', 'padded', 'alone')
 
 
 class SeverityDinomaly(Dinomaly):
@@ -208,7 +209,7 @@ class SeverityDinomaly(Dinomaly):
         severity_measure: str = 'energy',
         map_readout: bool = False,
         head_stage_steps: int = 0,
-        fault_taps: str = 'padded',
+        fault_taps: str = 'auto',
         **dinomaly_kwargs,
     ):
         super().__init__(encoder, **dinomaly_kwargs)
@@ -237,6 +238,8 @@ class SeverityDinomaly(Dinomaly):
         if fault_taps not in FAULT_TAPS:
             raise ValueError(f'fault_taps must be one of {FAULT_TAPS}, got {fault_taps!r}')
         self.fault_taps = fault_taps
+        # fault_taps auto: faulty count -> whether encoding that many alone gave the padded taps bit for bit
+        self.fault_taps_checks = {}
         self.head_stage_start = None  # the step the head's stage begins at: set by `configure_optimizer`
         dim = encoder.embed_dim
         self.pool = make_pooling(pooling, dim)
@@ -273,8 +276,8 @@ class SeverityDinomaly(Dinomaly):
 # %% ../nbs/05_severity.ipynb #5e0a1b01
 @patch(as_prop=True)
 def cache_pays(self: SeverityDinomaly) -> bool:
-    "Whether a feature cache saves this model encoder time: without synthetic faults (`aug_ratio` 0), or with `fault_taps='alone'`; by default (`'padded'`) the faulty images of a batch are encoded padded to the whole batch (see the feature-cache test below)."
-    return self.aug_ratio == 0 or self.fault_taps == 'alone'
+    "Whether a feature cache saves this model encoder time: without synthetic faults (`aug_ratio` 0), or when the faulty images of a batch may be encoded alone (`fault_taps` auto or alone); with `'padded'` they are encoded padded to the whole batch (see the feature-cache test below)."
+    return self.aug_ratio == 0 or self.fault_taps != 'padded'
 
 
 @patch
@@ -405,10 +408,11 @@ class SeverityDinomalySettings(DinomalySettings):
         why='must be >= 0',
     )
     fault_taps: str = setting(
-        'padded',
+        'auto',
         "with a feature cache, how a batch's faulty images are encoded: padded to the batch's size (bit-identical to a "
-        'run without the cache, no time saved) or alone (half the encoder work at aug_ratio 0.5; a smaller product '
-        'rounds differently, so the run differs from one without the cache)',
+        'run without the cache, no time saved), alone (half the encoder work at aug_ratio 0.5; a smaller product may '
+        'round differently, and the run then differs from one without the cache) or auto (alone where a check at the '
+        "run's first step finds it gives the padded taps bit for bit on this machine, else padded)",
         choices=FAULT_TAPS,
     )
 
@@ -448,8 +452,29 @@ def build_severity_dinomaly(settings: SeverityDinomalySettings, weights=None) ->
 
 # %% ../nbs/05_severity.ipynb #bcc19d97
 @patch
+def encode_faulty(self: SeverityDinomaly, faulty, images) -> list:
+    """The taps of `faulty`, the faulty rows of the batch `images`, as `fault_taps` says. `'padded'`: encoded padded to
+    the batch's size with its first clean rows, which gives the taps of the whole batch bit for bit (a smaller product
+    may round differently, and its taps would move the whole run); `'alone'`: encoded alone. `'auto'`: the first time
+    a run meets a faulty count, both, and the padded taps are used; alone from then on where the two were equal bit
+    for bit (`fault_taps_checks` records each count's verdict), padded where not: the run is always the padded one."""
+    count = len(faulty)
+
+    def padded():
+        return [t[:count] for t in self.encode(torch.cat([faulty, images[: len(images) - count]]))]
+
+    if self.fault_taps == 'alone' or (self.fault_taps == 'auto' and self.fault_taps_checks.get(count)):
+        return self.encode(faulty)
+    if self.fault_taps == 'padded' or count in self.fault_taps_checks:
+        return padded()
+    taps = padded()
+    self.fault_taps_checks[count] = all(torch.equal(a, b) for a, b in zip(self.encode(faulty), taps))
+    return taps
+
+
+@patch
 def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encoded=None) -> dict:
-    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs for the faulty images only, padded to the batch's size (bit-identical steps; `fault_taps='alone'`: not padded). Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
+    "One step's losses on clean images `batch` (B,3,H,W): `aug_ratio` of them get a synthetic fault of known severity drawn from `generator` (on the CPU, outside autocast), then `losses`. `encoded`: the taps of the clean `batch` from a feature cache; the encoder then runs for the faulty images only (`encode_faulty`). Under a `batch_shard`, `batch` is the global batch: its faults are drawn as in one process, then this process keeps its rows."
     targets = augmented = None
     if self.aug_ratio > 0:
         with torch.autocast(batch.device.type, enabled=False):
@@ -468,14 +493,9 @@ def training_losses(self: SeverityDinomaly, batch, step=0, generator=None, encod
     if encoded is not None:
         taps = [shard_rows(t) for t in encoded]
         if augmented is not None and bool(augmented.any()):  # a fault changes the image: its taps are computed
-            faulty = images[augmented]
-            # padded to the batch's size: a smaller batch rounds differently, and its taps would move the whole run
-            to_encode = (
-                torch.cat([faulty, images[: len(images) - len(faulty)]]) if self.fault_taps == 'padded' else faulty
-            )
             taps = [t.clone() for t in taps]
-            for tap, fresh in zip(taps, self.encode(to_encode)):
-                tap[augmented] = fresh[: len(faulty)]
+            for tap, fresh in zip(taps, self.encode_faulty(images[augmented], images)):
+                tap[augmented] = fresh
     in_stage = self.head_stage_start is not None and step >= self.head_stage_start and targets is not None
     return self.losses(images, step, targets, augmented, taps, head_only=in_stage)
 

@@ -833,7 +833,7 @@ def cache_skip_reason(model, config, images: int, steps: int) -> Optional[str]:
     if not hasattr(model, 'cache_features'):
         return f'the model {config.model!r} has no frozen encoder to cache'
     if config.feature_cache == 'auto' and not getattr(model, 'cache_pays', True):
-        return f'the model {config.model!r} encodes every batch whole anyway (its synthetic faults; --fault-taps alone encodes them alone)'
+        return f'the model {config.model!r} encodes every batch whole anyway (its synthetic faults, fault_taps padded)'
     if config.feature_cache == 'auto' and steps * config.batch_size <= images:
         return f'the run encodes {steps * config.batch_size} images, not more than the {images} a cache encodes'
     return None
@@ -877,9 +877,21 @@ def feature_cache_line(record: dict) -> str:
     "One line for the start of a run: the cache it uses, or why none."
     if record['kind'] == 'off':
         return f'feature cache: none, {record["reason"]}'
+    checks = record.get('fault_taps_checks') or {}
+    verdict = (
+        f'; faulty images ({", ".join(checks)} a batch) encoded '
+        + (
+            'alone, checked bit-identical to padded'
+            if all(checks.values())
+            else 'padded: alone rounds differently here'
+        )
+        if checks
+        else ''
+    )
     return (
         f'feature cache: the taps of {record["images"]} images, {record["gib"]} GiB {record["dtype"]} '
         f'{"in memory" if record["kind"] == "memory" else "in a memory-mapped file"}, encoded in {record["seconds"]} s'
+        + verdict
     )
 
 
@@ -1162,6 +1174,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.devi
     weights = save(_finite_weights(model, out, config.steps))
     if not writer:
         return out
+    if getattr(model, 'fault_taps_checks', None):  # fault_taps auto: whether this machine encodes faulty images alone
+        provenance['feature_cache']['fault_taps_checks'] = {str(k): v for k, v in model.fault_taps_checks.items()}
+        atomic_write_text(out / PROVENANCE_FILE, json.dumps(provenance, indent=1))
     if held:
         record = threshold_record(model, holdout, holdout_paths, config, device)
         atomic_write_text(out / THRESHOLD_FILE, json.dumps(record, indent=1))
