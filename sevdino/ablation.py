@@ -17,7 +17,6 @@ from pathlib import Path
 # %% ../nbs/09_ablation.ipynb #5fdc61ed
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 # %% ../nbs/09_ablation.ipynb #c18a374c
@@ -322,6 +321,8 @@ def ablation_markdown(summary: pd.DataFrame, metrics=SUMMARY_METRICS) -> str:
 # %% ../nbs/09_ablation.ipynb #0bebe2cf
 def plot_heatmap(summary: pd.DataFrame, domain, metrics=SUMMARY_METRICS) -> Figure:
     "Heat map of cells x metrics (means annotated, colour = rank within each metric) for one evaluated domain."
+    import seaborn as sns  # here, not at the top: it takes about a second that every command would pay
+
     part = summary[summary.domain == domain].set_index('cell')
     metrics = [m for m in metrics if f'{m}_mean' in part.columns and part[f'{m}_mean'].notna().any()]
     means = part[[f'{m}_mean' for m in metrics]].set_axis(metrics, axis=1)
@@ -340,6 +341,8 @@ def plot_heatmap(summary: pd.DataFrame, domain, metrics=SUMMARY_METRICS) -> Figu
 
 def plot_axis(results: pd.DataFrame, axis: str, metrics=('severity_spearman', 'image_auroc'), order=None) -> Figure:
     "Mean ± sd over seeds of `metrics` against the values of one axis (base cell + the cells that change only that axis), one line per domain."
+    import seaborn as sns  # here, not at the top: it takes about a second that every command would pay
+
     column = f'axis:{axis}'
     rows = results[(results.cell == 'base') | results.cell.str.fullmatch(rf'{re.escape(axis)}=[^,]*')]
     metrics = [m for m in metrics if m in rows.columns and rows[m].notna().any()]
@@ -363,6 +366,8 @@ def plot_axis(results: pd.DataFrame, axis: str, metrics=('severity_spearman', 'i
 
 def plot_grid(summary_rows: pd.DataFrame, x: str, y: str, metric: str = 'severity_spearman') -> Figure:
     "Heat map of a metric's mean over a two-axis full grid (rows `y`, columns `x`)."
+    import seaborn as sns  # here, not at the top: it takes about a second that every command would pay
+
     table = summary_rows.pivot_table(index=f'axis:{y}', columns=f'axis:{x}', values=metric, aggfunc='mean')
     fig = Figure(figsize=(1.0 * len(table.columns) + 2.5, 0.5 * len(table) + 1.5), dpi=FIGURE_DPI, layout='constrained')
     ax = fig.subplots()

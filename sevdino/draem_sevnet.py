@@ -23,7 +23,6 @@ from pathlib import Path
 # %% ../nbs/10_draem_sevnet.ipynb #6f18af3d
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -871,6 +870,8 @@ def with_severity_rank(results: pd.DataFrame, out, base: TrainConfig, suffix: st
 # %% ../nbs/10_draem_sevnet.ipynb #5519d091
 def plot_comparison(results: pd.DataFrame, metrics=('image_auroc', 'severity_rank', 'heldout_severity_rank')) -> Figure:
     "One figure: each metric per evaluated domain, one line per model, mean ± sd over seeds."
+    import seaborn as sns  # here, not at the top: it takes about a second that every command would pay
+
     metrics = [m for m in metrics if m in results and results[m].notna().any()]
     fig = Figure(figsize=(3.8 * len(metrics), 3.2), dpi=FIGURE_DPI, layout='constrained')
     for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics):
