@@ -259,7 +259,7 @@ class TrainConfig(Settings):
         'auto',
         "the frozen encoder's taps of the training images, computed once and reused every step: auto keeps them in "
         'memory within feature_cache_gib, else in a memory-mapped file in the run folder, and skips the cache where the '
-        'model has none, cannot gain from it (SeverityDinomaly with faults, unless --fault-taps alone) or encodes fewer images '
+        'model has none, cannot gain from it (SeverityDinomaly with faults and --fault-taps padded) or encodes fewer images '
         'than the cache would; memory, disk force one; off (--no-cache) runs the encoder every step. The losses are the '
         'same either way (with --fault-taps alone: up to rounding)',
         choices=FEATURE_CACHES,
