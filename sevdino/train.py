@@ -877,22 +877,19 @@ def feature_cache_line(record: dict) -> str:
     "One line for the start of a run: the cache it uses, or why none."
     if record['kind'] == 'off':
         return f'feature cache: none, {record["reason"]}'
-    checks = record.get('fault_taps_checks') or {}
-    verdict = (
-        f'; faulty images ({", ".join(checks)} a batch) encoded '
-        + (
+    line = (
+        f'feature cache: the taps of {record["images"]} images, {record["gib"]} GiB {record["dtype"]} '
+        f'{"in memory" if record["kind"] == "memory" else "in a memory-mapped file"}, encoded in {record["seconds"]} s'
+    )
+    checks = record.get('fault_taps_checks')  # fault_taps auto: what its check chose on this machine
+    if checks:
+        how = (
             'alone, checked bit-identical to padded'
             if all(checks.values())
             else 'padded: alone rounds differently here'
         )
-        if checks
-        else ''
-    )
-    return (
-        f'feature cache: the taps of {record["images"]} images, {record["gib"]} GiB {record["dtype"]} '
-        f'{"in memory" if record["kind"] == "memory" else "in a memory-mapped file"}, encoded in {record["seconds"]} s'
-        + verdict
-    )
+        line += f'; faulty images ({", ".join(checks)} a batch) encoded {how}'
+    return line
 
 
 def compile_for_training(model, device, backend: str = 'inductor') -> list:
